@@ -1,0 +1,140 @@
+"""Input pipelines: the paper's BN-Inception protocol, the modern ImageNet one and the glyphs'.
+
+``build_transform(style, train, image_size=None)`` returns a ``torchvision.transforms.Compose``
+taking an RGB ``PIL.Image`` to a float tensor (3, S, S):
+
+* ``"bninception"`` (the CVPR 2019 Caffe code): crop to the non-white bounding box padded by 15 px,
+  resize the long side to 256 and pad to 256 x 256 with white; train: random horizontal flip and
+  random 227 crop; test: centre 227 crop. Output channels in BGR order, 0-255, minus the mean
+  (104, 117, 123), no std scaling. ``image_size`` is the crop side (default 227); the canvas
+  scales with it (256/227).
+* ``"imagenet"``: train: RandomResizedCrop(224), horizontal flip; test: resize the short side to
+  256 and centre crop 224; ImageNet mean/std. ``image_size`` is the crop side (default 224).
+* ``"glyphs"``: train: small random shifts (6 %), scale (0.9-1.1) and rotation (8 degrees),
+  white fill; test: none. Then ToTensor and normalisation around 0.5 (``(x - 0.5) / 0.5``).
+  ``image_size`` resizes when given (the glyphs are rendered at their own size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "BNINCEPTION_MEAN_BGR",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CropNonWhite",
+    "ResizeLongSidePad",
+    "ToBGR255MinusMean",
+    "build_transform",
+]
+
+BNINCEPTION_MEAN_BGR = (104.0, 117.0, 123.0)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STYLES = ("bninception", "imagenet", "glyphs")
+
+
+class CropNonWhite:
+    """Crop to the bounding box of the non-white pixels, padded by ``margin`` pixels.
+
+    SOP and In-Shop product shots sit on white; the paper's code crops them first. An image with no
+    pixel darker than ``threshold`` in any channel is returned unchanged.
+    """
+
+    def __init__(self, margin: int = 15, threshold: int = 250) -> None:
+        self.margin, self.threshold = margin, threshold
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        arr = np.asarray(img.convert("RGB"))
+        mask = (arr < self.threshold).any(axis=2)
+        if not mask.any():
+            return img
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        h, w = mask.shape
+        box = (
+            max(int(cols[0]) - self.margin, 0),
+            max(int(rows[0]) - self.margin, 0),
+            min(int(cols[-1]) + 1 + self.margin, w),
+            min(int(rows[-1]) + 1 + self.margin, h),
+        )
+        return img.crop(box)
+
+    def __repr__(self) -> str:
+        return f"CropNonWhite(margin={self.margin}, threshold={self.threshold})"
+
+
+class ResizeLongSidePad:
+    """Resize so the long side is ``size`` and pad the short side to a ``size`` square (centred)."""
+
+    def __init__(self, size: int, fill: tuple[int, int, int] = (255, 255, 255)) -> None:
+        self.size, self.fill = size, fill
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        scale = self.size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        canvas = Image.new("RGB", (self.size, self.size), self.fill)
+        canvas.paste(resized, ((self.size - nw) // 2, (self.size - nh) // 2))
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"ResizeLongSidePad(size={self.size}, fill={self.fill})"
+
+
+class ToBGR255MinusMean:
+    """RGB PIL image -> float tensor (3, H, W) in BGR order, 0-255, minus the BGR mean (Caffe)."""
+
+    def __init__(self, mean_bgr: tuple[float, float, float] = BNINCEPTION_MEAN_BGR) -> None:
+        self.mean_bgr = mean_bgr
+        self._mean = torch.tensor(mean_bgr, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32)  # H, W, RGB
+        bgr = torch.from_numpy(np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1)))
+        return bgr - self._mean
+
+    def __repr__(self) -> str:
+        return f"ToBGR255MinusMean(mean_bgr={self.mean_bgr})"
+
+
+def build_transform(style: str, train: bool, image_size: int | None = None) -> Callable:
+    """The input pipeline ``style`` (``"bninception"``, ``"imagenet"`` or ``"glyphs"``).
+
+    Args:
+        style: which protocol (see the module docstring).
+        train: the training pipeline (random augmentation) or the deterministic test one.
+        image_size: the network input side; ``None`` takes the style's default (227, 224, or the
+            glyphs' own size).
+    """
+    from torchvision import transforms as T  # torchvision import is slow; only when building
+
+    if style == "bninception":
+        crop = image_size or 227
+        canvas = round(crop * 256 / 227)
+        steps: list[Callable] = [CropNonWhite(15), ResizeLongSidePad(canvas)]
+        if train:
+            steps += [T.RandomHorizontalFlip(), T.RandomCrop(crop)]
+        else:
+            steps += [T.CenterCrop(crop)]
+        return T.Compose([*steps, ToBGR255MinusMean()])
+    if style == "imagenet":
+        crop = image_size or 224
+        if train:
+            steps = [T.RandomResizedCrop(crop), T.RandomHorizontalFlip()]
+        else:
+            steps = [T.Resize(round(crop * 256 / 224)), T.CenterCrop(crop)]
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    if style == "glyphs":
+        steps = [T.Resize((image_size, image_size))] if image_size else []
+        if train:
+            steps.append(
+                T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1), fill=255)
+            )
+        return T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    raise ValueError(f"unknown transform style {style!r}; use one of {', '.join(STYLES)}")
