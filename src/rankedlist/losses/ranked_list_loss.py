@@ -1,0 +1,389 @@
+"""The Ranked List Loss (Wang et al., CVPR 2019 / TPAMI 2021), exactly as ``rll-spec.md`` states.
+
+For query i with label y_i, distances d_ij = ||f_i - f_j|| between L2-normalised embeddings and
+b = alpha - margin:
+
+* non-trivial positives P*_i = {j != i : y_j = y_i, d_ij > b}, weights v_ij = exp(Tp (d_ij - b));
+* non-trivial negatives N*_i = {j : y_j != y_i, d_ij < alpha}, weights w_ij = exp(Tn (alpha - d));
+* L_P(i) = sum v (d - b) / sum v, L_N(i) = sum w (alpha - d) / sum w (an empty set gives 0);
+* L(i) = L_P(i) + lam L_N(i), and the batch loss is the mean over all N queries.
+
+Example::
+
+    loss_fn = RankedListLoss(margin=0.4, Tn=10.0)
+    loss = loss_fn(embeddings, labels)  # embeddings (N, D) any float dtype, labels (N,) integers
+    loss.backward()
+    loss_fn.last_stats  # {"active_pos": ..., "active_neg": ..., "nonzero_frac": ...}
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rankedlist.losses._kernels import (
+    HyperParameters,
+    PaperRankedList,
+    auto_chunk_rows,
+    autograd_rows,
+    official_weights,
+)
+
+__all__ = ["RankedListLoss", "ranked_list_loss"]
+
+GRADIENTS = ("paper", "autograd")
+REDUCTIONS = ("mean", "none", "official")
+
+
+def _real(name: str, value: object) -> float:
+    """``value`` as a finite float, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_options(
+    margin: object,
+    alpha: object,
+    Tn: object,
+    Tp: object,
+    lam: object,
+    normalize: object,
+    gradient: object,
+    reduction: object,
+    chunk_size: object,
+) -> HyperParameters:
+    """Validate every option; returns the hyper-parameters with alpha resolved."""
+    m = _real("margin", margin)
+    if m < 0:
+        raise ValueError(f"margin must be >= 0, got {m}")
+    a = 1.0 + m / 2.0 if alpha is None else _real("alpha", alpha)
+    if a <= 0:
+        raise ValueError(f"alpha must be > 0 (or None for 1 + margin/2), got {a}")
+    tn, tp = _real("Tn", Tn), _real("Tp", Tp)
+    if tn < 0:
+        raise ValueError(f"temperature Tn must be >= 0, got {tn}")
+    if tp < 0:
+        raise ValueError(f"temperature Tp must be >= 0, got {tp}")
+    la = _real("lam", lam)
+    if la < 0:
+        raise ValueError(f"lam (the weight of the negative term) must be >= 0, got {la}")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"unknown gradient {gradient!r}: use one of {', '.join(GRADIENTS)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+            raise TypeError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(
+                f"chunk_size must be a positive number of query rows, got {chunk_size}"
+            )
+    return HyperParameters(margin=m, alpha=a, Tn=tn, Tp=tp, lam=la)
+
+
+def _check_embeddings(name: str, x: object, normalize: bool) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError(
+            f"{name} must have at least one feature column, got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        return x
+    # One pass and one sync for both checks: the row max |x| is NaN/inf iff the row is, 0 iff
+    # the row is all zeros.
+    row_max = x.detach().abs().amax(1)
+    finite, nonzero = torch.stack([torch.isfinite(row_max).all(), (row_max > 0).all()]).tolist()
+    if not finite:
+        raise ValueError(f"{name} contains NaN or inf values; check the model output")
+    if normalize and not nonzero:
+        raise ValueError(
+            f"{name} has an all-zero row, which cannot be L2-normalised; "
+            "fix the model output or pass normalize=False"
+        )
+    return x
+
+
+def _check_labels(name: str, y: object, n: int, what: str, device: torch.device) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of integer class ids, got {type(y).__name__}"
+        )
+    if y.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(y.shape)}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"{name} must hold integers (e.g. torch.long), got dtype {y.dtype}")
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has length {y.shape[0]} but {what} has {n} rows; they must match")
+    return y.to(device)
+
+
+def _check_self_index(self_index: object, n: int, m: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(self_index, torch.Tensor):
+        raise TypeError(f"self_index must be a LongTensor or None, got {type(self_index).__name__}")
+    if self_index.dim() != 1 or self_index.shape[0] != n:
+        raise ValueError(
+            f"self_index must be 1-D with one entry per query ({n}), got shape "
+            f"{tuple(self_index.shape)}"
+        )
+    if self_index.dtype == torch.bool or self_index.is_floating_point() or self_index.is_complex():
+        raise TypeError(f"self_index must hold integers (use -1 for none), got {self_index.dtype}")
+    self_index = self_index.to(device=device, dtype=torch.long)
+    if n > 0 and bool(((self_index < -1) | (self_index >= m)).any()):
+        raise ValueError(f"self_index values must lie in [-1, {m - 1}] (rows of the reference set)")
+    return self_index
+
+
+def _float_labels(
+    yq: torch.Tensor, yg: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels as floats of ``dtype`` (comparing floats is the fastest label test).
+
+    Ids beyond +-2**24 are not exact in float32: they are first mapped to 0..K-1.
+    """
+    both = torch.cat([yq, yg])
+    limit = 2**53 if dtype == torch.float64 else 2**24
+    if both.numel() and (int(both.min()) <= -limit or int(both.max()) >= limit):
+        _, both = torch.unique(both, return_inverse=True)
+        if both.numel() >= limit:
+            dtype = torch.float64
+    both = both.to(dtype)
+    return both[: yq.shape[0]], both[yq.shape[0] :]
+
+
+def _ranked_list_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    ref_emb: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
+    self_index: torch.Tensor | None,
+    hp: HyperParameters,
+    normalize: bool,
+    gradient: str,
+    reduction: str,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss and its statistics; the options are already validated."""
+    x = _check_embeddings("embeddings", embeddings, normalize)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("embeddings must contain at least one row (an empty batch has no loss)")
+    device = x.device
+    labels = _check_labels("labels", labels, n, "embeddings", device)
+
+    self_ref = ref_emb is None or ref_emb is embeddings
+    if ref_emb is None:
+        if ref_labels is not None:
+            raise ValueError("ref_labels was given without ref_emb; pass both or neither")
+        ref_labels = labels
+    else:
+        _check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
+        if ref_emb.device != device:
+            raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {device}")
+        if ref_emb.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"ref_emb has {ref_emb.shape[1]} features but embeddings {x.shape[1]}; "
+                "they must match"
+            )
+        if ref_labels is None:
+            if not self_ref:
+                raise ValueError("ref_emb was given without ref_labels; pass both")
+            ref_labels = labels
+        ref_labels = _check_labels("ref_labels", ref_labels, ref_emb.shape[0], "ref_emb", device)
+    m = n if self_ref else ref_emb.shape[0]
+    if self_index is not None:
+        self_cols = _check_self_index(self_index, n, m, device)
+    else:
+        self_cols = None  # the diagonal when ranking against the batch itself, else nothing
+
+    # float16/bfloat16 are computed in float32 (exp(Tn alpha) alone exceeds float16's range);
+    # the cast is part of the graph, so gradients come back in the input dtype.
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    yq, yg = _float_labels(labels, ref_labels, dtype)
+
+    official = reduction == "official"
+    kP = 0.5 if official else 1.0
+    kN = (0.5 if official else 1.0) * hp.lam
+
+    if gradient == "paper":
+        g = None
+        if not self_ref:
+            with torch.no_grad():  # the gallery is detached in the paper's semantics
+                g = ref_emb.detach().to(dtype)
+                g = (F.normalize(g, dim=1) if normalize else g).contiguous()
+        rows = chunk_size if chunk_size is not None else auto_chunk_rows(n, m, device)
+        per_query, n_pos, n_neg, log_s_pos, log_s_neg = PaperRankedList.apply(
+            x.to(dtype), g, yq, yg, self_cols, hp, kP, kN, rows, normalize
+        )
+    else:
+        xq = x.to(dtype)
+        xq = F.normalize(xq, dim=1) if normalize else xq
+        if self_ref:
+            g = xq
+            if self_cols is None:
+                self_cols = torch.arange(n, device=device)
+        else:
+            g = ref_emb.to(dtype)
+            g = F.normalize(g, dim=1) if normalize else g
+        if chunk_size is None or chunk_size >= n:
+            parts = autograd_rows(xq, g, yq, yg, self_cols, hp)
+        else:
+            # Recompute each chunk in the backward pass: only per-query vectors stay alive.
+            chunks = []
+            for start in range(0, n, chunk_size):
+                sl = slice(start, min(start + chunk_size, n))
+                cols = None if self_cols is None else self_cols[sl]
+                chunks.append(
+                    checkpoint(autograd_rows, xq[sl], g, yq[sl], yg, cols, hp, use_reentrant=False)
+                )
+            parts = tuple(torch.cat(p) for p in zip(*chunks, strict=True))
+        loss_pos, loss_neg, n_pos, n_neg, log_s_pos, log_s_neg = parts
+        per_query = kP * loss_pos + kN * loss_neg
+
+    if reduction == "none":
+        loss = per_query
+    elif reduction == "mean":
+        # Mean over the local queries, so that averaging gradients across processes gives the
+        # single-process gradient.
+        loss = per_query.mean()
+    else:
+        q = official_weights(log_s_pos, log_s_neg)
+        if gradient == "paper":
+            q = q.detach()
+        loss = (q * per_query).sum()
+
+    with torch.no_grad():
+        stats = torch.stack(
+            [n_pos.mean(), n_neg.mean(), (per_query.detach() > 0).to(n_pos.dtype).mean()]
+        ).tolist()
+    return loss, {"active_pos": stats[0], "active_neg": stats[1], "nonzero_frac": stats[2]}
+
+
+def ranked_list_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    *,
+    self_index: torch.Tensor | None = None,
+    margin: float = 0.4,
+    alpha: float | None = None,
+    Tn: float = 10.0,
+    Tp: float = 0.0,
+    lam: float = 1.0,
+    normalize: bool = True,
+    gradient: str = "paper",
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Functional form of :class:`RankedListLoss`; see the class for every argument."""
+    hp = _check_options(margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size)
+    loss, _ = _ranked_list_loss(
+        embeddings, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
+        chunk_size,
+    )  # fmt: skip
+    return loss
+
+
+class RankedListLoss(nn.Module):
+    """Ranked List Loss (Wang et al., CVPR 2019; TPAMI 2021) with the paper's semantics.
+
+    Args:
+        margin: m >= 0; positives must lie within ``alpha - m`` of the query.
+        alpha: > 0, the negative boundary; ``None`` means ``1 + margin / 2``.
+        Tn: >= 0, temperature of the negative weights ``exp(Tn (alpha - d))``.
+        Tp: >= 0, temperature of the positive weights ``exp(Tp (d - (alpha - m)))`` (0: plain mean).
+        lam: >= 0, weight of the negative term: ``L = L_P + lam L_N``.
+        normalize: L2-normalise the embeddings (and the reference set) first.
+        gradient: ``"paper"``: weights are constants and the gallery (reference set) is detached,
+            each query receives the gradient of its own ranked list (fast, chunked, the default);
+            ``"autograd"``: every quantity is differentiated, gallery and weights included.
+        reduction: ``"mean"`` over all N queries (paper), ``"none"`` (per-query vector of
+            ``L_P + lam L_N``) or ``"official"`` (the released code:
+            ``sum_i q_i (0.5 L_P + 0.5 lam L_N)`` with
+            ``q_i = (S+_i + S-_i) / sum_k (S+_k + S-_k)``, S the raw weight sums; in paper mode
+            the q_i are constants).
+        chunk_size: query rows processed at once. ``None``: automatic for ``"paper"`` (about 16 MB
+            work buffers), no chunking for ``"autograd"``; with ``"autograd"`` a chunk size turns on
+            gradient checkpointing per chunk.
+
+    ``forward(embeddings, labels, ref_emb=None, ref_labels=None, self_index=None)``: queries are
+    the rows of ``embeddings`` (N x D, any float dtype; float16/bfloat16 are computed in float32),
+    ranked against ``ref_emb`` (M x D) or against the batch itself. The self pair is excluded by
+    index: the diagonal when ``ref_emb`` is None or is ``embeddings``, else the rows given by
+    ``self_index`` (LongTensor of length N, -1 for none; distributed training passes
+    ``rank * n_local + arange(n_local)``). The returned loss is float32 (float64 for float64
+    input). After each call ``last_stats`` holds the mean numbers of active positives and
+    negatives per query and the fraction of queries with a non-zero loss.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.4,
+        alpha: float | None = None,
+        Tn: float = 10.0,
+        Tp: float = 0.0,
+        lam: float = 1.0,
+        normalize: bool = True,
+        gradient: str = "paper",
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._hp = _check_options(
+            margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size
+        )
+        self.margin = self._hp.margin
+        self.alpha = self._hp.alpha
+        self.Tn = self._hp.Tn
+        self.Tp = self._hp.Tp
+        self.lam = self._hp.lam
+        self.normalize = normalize
+        self.gradient = gradient
+        self.reduction = reduction
+        self.chunk_size = chunk_size
+        self.last_stats: dict[str, float] = {}
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of ``embeddings`` ranked against ``ref_emb`` (default: the batch itself)."""
+        # Re-validate: the attributes are public and may have been changed after construction.
+        hp = _check_options(
+            self.margin, self.alpha, self.Tn, self.Tp, self.lam, self.normalize, self.gradient,
+            self.reduction, self.chunk_size,
+        )  # fmt: skip
+        loss, self.last_stats = _ranked_list_loss(
+            embeddings, labels, ref_emb, ref_labels, self_index, hp, self.normalize,
+            self.gradient, self.reduction, self.chunk_size,
+        )  # fmt: skip
+        return loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"margin={self.margin}, alpha={self.alpha}, Tn={self.Tn}, Tp={self.Tp}, "
+            f"lam={self.lam}, normalize={self.normalize}, gradient={self.gradient!r}, "
+            f"reduction={self.reduction!r}, chunk_size={self.chunk_size}"
+        )

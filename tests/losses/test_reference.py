@@ -1,0 +1,213 @@
+"""RankedListLoss against a naive double-loop reference written here from rll-spec.md.
+
+The reference walks over every (query, gallery) pair in plain Python with float64 numpy vectors:
+no masks, no matrix products, no softmax tricks. It gives per-query L_P, L_N, the raw weight sums
+S+ / S- and, for the paper semantics, the closed-form query gradient of spec section 2.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rankedlist import RankedListLoss, ranked_list_loss
+
+
+def naive_rll(x, y, ref=None, ref_y=None, self_index=None, *, margin=0.4, alpha=None, Tn=10.0,
+              Tp=0.0, lam=1.0, normalize=True):  # fmt: skip
+    """Per-query terms and paper gradients (w.r.t. the raw query rows) by explicit loops."""
+    x = np.asarray(x, dtype=np.float64)
+    alpha = 1.0 + margin / 2.0 if alpha is None else alpha
+    b = alpha - margin
+
+    def unit(v):
+        return v / np.linalg.norm(v) if normalize else v
+
+    f = [unit(row) for row in x]
+    if ref is None:
+        g, gy = f, list(y)
+        self_index = list(range(len(f))) if self_index is None else list(self_index)
+    else:
+        g, gy = [unit(row) for row in np.asarray(ref, dtype=np.float64)], list(ref_y)
+        self_index = [-1] * len(f) if self_index is None else list(self_index)
+
+    out = {k: [] for k in ("LP", "LN", "SP", "SN", "gP", "gN", "nP", "nN")}
+    for i, fi in enumerate(f):
+        pos_terms, neg_terms = [], []  # (weight, gap, u_ij)
+        for j, gj in enumerate(g):
+            if j == self_index[i]:
+                continue
+            diff = fi - gj
+            d = math.sqrt(float(np.sum(diff * diff)))
+            u = diff / d if d > 0 else np.zeros_like(diff)
+            if gy[j] == y[i] and d > b:
+                pos_terms.append((math.exp(Tp * (d - b)), d - b, u))
+            elif gy[j] != y[i] and d < alpha:
+                neg_terms.append((math.exp(Tn * (alpha - d)), alpha - d, u))
+        for terms, key, sign in ((pos_terms, "P", 1.0), (neg_terms, "N", -1.0)):
+            s = sum(w for w, _, _ in terms)
+            out["S" + key].append(s)
+            out["n" + key].append(len(terms))
+            out["L" + key].append(sum(w * gap for w, gap, _ in terms) / s if terms else 0.0)
+            grad = np.zeros_like(fi)
+            for w, _, u in terms:
+                grad += sign * (w / s) * u
+            out["g" + key].append(grad)
+    for k in out:
+        out[k] = np.array(out[k])
+
+    def back_through_normalisation(grad_f):
+        if not normalize:
+            return grad_f
+        res = np.zeros_like(grad_f)
+        for i, (row, gf) in enumerate(zip(x, grad_f, strict=True)):
+            unit_row = row / np.linalg.norm(row)
+            res[i] = (gf - unit_row * np.dot(unit_row, gf)) / np.linalg.norm(row)
+        return res
+
+    out["gP"] = back_through_normalisation(out["gP"])
+    out["gN"] = back_through_normalisation(out["gN"])
+    out["lam"] = lam
+    return out
+
+
+def expected(ref, reduction):
+    """Loss value and paper gradient (w.r.t. the queries) for a reduction, from naive terms."""
+    lam, n = ref["lam"], len(ref["LP"])
+    if reduction in ("mean", "none"):
+        per_query = ref["LP"] + lam * ref["LN"]
+        grad_rows = ref["gP"] + lam * ref["gN"]
+        if reduction == "none":
+            return per_query, grad_rows  # gradient of per_query.sum()
+        return per_query.mean(), grad_rows / n
+    s = ref["SP"] + ref["SN"]
+    q = s / s.sum() if s.sum() > 0 else np.zeros_like(s)
+    per_query = 0.5 * ref["LP"] + 0.5 * lam * ref["LN"]
+    return float((q * per_query).sum()), q[:, None] * (0.5 * ref["gP"] + 0.5 * lam * ref["gN"])
+
+
+HYPER = [
+    {},
+    {"Tp": 2.0, "lam": 0.5},
+    {"alpha": 1.0, "margin": 0.3, "Tn": 5.0, "Tp": 1.0},
+    {"alpha": 1.4, "margin": 0.0, "Tn": 20.0, "lam": 2.0},
+    {"margin": 0.2, "Tn": 0.0},
+]
+BATCHES = [(6, 2), (13, 4), (24, 1), (10, 10), (40, 8)]  # (N, classes); 1: no negatives, N: none +
+
+
+def make_batch(n, classes, dim=12, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=gen, dtype=dtype) * (0.5 + torch.rand(n, 1, generator=gen))
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=gen)] * 7 - 3  # arbitrary integer ids, negatives included
+    return x, y
+
+
+@pytest.mark.parametrize("hyper", HYPER, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
+@pytest.mark.parametrize("n,classes", BATCHES)
+@pytest.mark.parametrize("reduction", ["mean", "none", "official"])
+def test_paper_values_and_gradient_match_naive(hyper, n, classes, reduction):
+    x, y = make_batch(n, classes, seed=n * 31 + classes)
+    ref = naive_rll(x.numpy(), y.tolist(), **hyper)
+    want_loss, want_grad = expected(ref, reduction)
+
+    x.requires_grad_(True)
+    loss_fn = RankedListLoss(reduction=reduction, **hyper)
+    loss = loss_fn(x, y)
+    np.testing.assert_allclose(loss.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
+    loss.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)
+
+    assert loss_fn.last_stats["active_pos"] == pytest.approx(ref["nP"].mean())
+    assert loss_fn.last_stats["active_neg"] == pytest.approx(ref["nN"].mean())
+    nonzero = (ref["LP"] + hyper.get("lam", 1.0) * ref["LN"]) > 0
+    assert loss_fn.last_stats["nonzero_frac"] == pytest.approx(nonzero.mean())
+
+    # The autograd implementation has the same forward values.
+    loss_auto = RankedListLoss(reduction=reduction, gradient="autograd", **hyper)(x, y)
+    np.testing.assert_allclose(loss_auto.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+def test_float32_and_large_temperatures_use_a_stable_softmax(gradient):
+    # Tn * alpha = 72 and Tp * (2 - b) = 72 exceed exp's comfortable float32 range: the row max is
+    # subtracted; results must stay finite and match the float64 reference.
+    hyper = {"Tn": 60.0, "Tp": 60.0, "alpha": 1.2, "margin": 0.4}
+    x, y = make_batch(30, 5, seed=3)
+    ref = naive_rll(x.numpy(), y.tolist(), **hyper)
+    want_loss, want_grad = expected(ref, "official")
+    x32 = x.float().requires_grad_(True)
+    loss = ranked_list_loss(x32, y, gradient=gradient, reduction="official", **hyper)
+    assert loss.item() == pytest.approx(float(want_loss), rel=1e-4)
+    per_query = ranked_list_loss(x32.detach(), y, gradient=gradient, reduction="none", **hyper)
+    np.testing.assert_allclose(per_query.numpy(), ref["LP"] + ref["LN"], rtol=1e-4, atol=1e-6)
+    if gradient == "paper":
+        loss.backward()
+        np.testing.assert_allclose(x32.grad.numpy(), want_grad, rtol=1e-3, atol=1e-6)
+
+
+def test_unnormalised_embeddings_match_naive():
+    # Distances around alpha without normalisation; a large Tp with unbounded distances triggers
+    # the row-shifted positive weights in float32.
+    x, y = make_batch(20, 4, seed=5)
+    x = x / x.norm(dim=1, keepdim=True) * (0.4 + 0.4 * torch.rand(20, 1, dtype=x.dtype))
+    for hyper in ({"Tp": 3.0, "lam": 0.7}, {"Tp": 200.0, "Tn": 80.0, "margin": 0.1}):
+        ref = naive_rll(x.numpy(), y.tolist(), normalize=False, **hyper)
+        for dtype, rtol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+            xx = x.detach().to(dtype).clone().requires_grad_(True)
+            loss = ranked_list_loss(xx, y, normalize=False, **hyper)
+            want_loss, want_grad = expected(ref, "mean")
+            assert loss.item() == pytest.approx(float(want_loss), rel=rtol, abs=1e-7)
+            loss.backward()
+            np.testing.assert_allclose(xx.grad.double().numpy(), want_grad, rtol=rtol * 10,
+                                       atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+def test_duplicates_negative_at_zero_distance_is_active(gradient):
+    # Row 1 duplicates row 0 with another label: a negative at distance exactly 0, active with
+    # weight exp(Tn alpha), contributing alpha to L_N; rows 2/3 duplicate each other (same label).
+    x = torch.tensor(
+        [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    y = torch.tensor([0, 1, 2, 2, 0])
+    ref = naive_rll(x.detach().numpy(), y.tolist())
+    loss_fn = RankedListLoss(gradient=gradient, reduction="none")
+    per_query = loss_fn(x, y)
+    np.testing.assert_allclose(per_query.detach().numpy(), ref["LP"] + ref["LN"], rtol=1e-9)
+    assert loss_fn.last_stats["active_neg"] == pytest.approx(ref["nN"].mean())
+    per_query.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    if gradient == "paper":
+        np.testing.assert_allclose(x.grad.numpy(), ref["gP"] + ref["gN"], rtol=1e-9, atol=1e-12)
+
+
+def test_reference_set_with_self_index_matches_naive():
+    x, y = make_batch(9, 3, seed=11)
+    other, other_y = make_batch(14, 5, seed=12)
+    ref_emb = torch.cat([other[:5], x, other[5:]])
+    ref_y = torch.cat([other_y[:5], y, other_y[5:]])
+    self_index = torch.arange(9) + 5
+    self_index[2] = -1  # a query whose own row is not in the reference set: nothing excluded
+    hyper = {"Tp": 1.5, "lam": 0.8}
+    ref = naive_rll(x.numpy(), y.tolist(), ref_emb.numpy(), ref_y.tolist(), self_index.tolist(),
+                    **hyper)  # fmt: skip
+    for reduction in ("mean", "none", "official"):
+        want_loss, want_grad = expected(ref, reduction)
+        xx = x.clone().requires_grad_(True)
+        rr = ref_emb.clone().requires_grad_(True)
+        loss = ranked_list_loss(xx, y, rr, ref_y, self_index=self_index, reduction=reduction,
+                                **hyper)  # fmt: skip
+        np.testing.assert_allclose(loss.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
+        loss.sum().backward()
+        np.testing.assert_allclose(xx.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)
+        assert rr.grad is None  # paper semantics: the gallery is detached
+        auto = ranked_list_loss(xx, y, rr, ref_y, self_index=self_index, reduction=reduction,
+                                gradient="autograd", **hyper)  # fmt: skip
+        np.testing.assert_allclose(auto.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
+        auto.sum().backward()
+        assert rr.grad is not None and rr.grad.abs().sum() > 0  # autograd: the gallery is live
