@@ -1,0 +1,186 @@
+"""Image files (or a dataset) -> test-time embeddings of a trained model."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rankedlist.data import CorruptImageError, read_rgb
+from rankedlist.data.image_folder import IMG_EXTENSIONS, list_image_files
+
+__all__ = ["embed_images", "list_images", "resolve_device", "IMG_EXTENSIONS"]
+
+
+def list_images(
+    folder: str | os.PathLike, extensions: Iterable[str] = IMG_EXTENSIONS
+) -> list[Path]:
+    """Image files under ``folder``: recursive, sorted, by extension (case-insensitive), without
+    hidden files and folders or macOS ``._*`` resource forks.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"image folder {folder} not found")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; pass the folder that holds the images")
+    # The data package's scan is the one the folder dataset uses: same files, same order.
+    return list_image_files(folder, extensions)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available; use 'cpu' or 'auto'"
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
+
+
+class _Images(Dataset):
+    """``(position, transformed image)`` of image files or of a dataset's items; with ``skip``
+    an unreadable item yields ``(position, error message)`` instead of raising (the warning is
+    given in the main process: one raised in a worker would be lost)."""
+
+    def __init__(self, images: Sequence[Any] | Dataset, transform: Callable | None, skip: bool):
+        self.images, self.transform, self.skip = images, transform, skip
+        self.is_paths = not isinstance(images, Dataset)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        try:
+            if self.is_paths:
+                image = read_rgb(self.images[i])  # names the file when missing or corrupt
+                if self.transform is not None:
+                    image = self.transform(image)
+            else:
+                image = self.images[i][0]  # a rankedlist dataset: (transformed image, label)
+        except (CorruptImageError, FileNotFoundError, OSError) as err:
+            if not self.skip:
+                raise
+            return i, str(err)
+        return i, image
+
+
+def _collate(
+    batch: list[tuple[int, Any]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """``(kept positions, stacked images or None, [(skipped position, why), ...])``."""
+    kept = [(i, x) for i, x in batch if not isinstance(x, str)]
+    skipped = [(i, x) for i, x in batch if isinstance(x, str)]
+    images = torch.stack([x for _, x in kept]) if kept else None
+    return [i for i, _ in kept], images, skipped
+
+
+def embed_images(
+    model: nn.Module,
+    images: Sequence[str | os.PathLike] | Dataset,
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    skip_corrupt: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Embed images with ``model.embed`` (eval mode, no gradients), in order.
+
+    Args:
+        model: an :class:`~rankedlist.models.EmbeddingModel` (anything with ``embed``); it is
+            moved to ``device`` and left in the train/eval mode it had.
+        images: image file paths, or a dataset whose ``__getitem__`` returns
+            ``(transformed image, label)`` (every rankedlist dataset).
+        transform: applied to each RGB ``PIL.Image`` read from a path (the model's test
+            transform, ``build_transform(model.input_style, False, image_size)``); a dataset
+            brings its own, so this must be ``None`` for one.
+        batch_size: images per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_workers: data-loader processes decoding images.
+        progress: show a tqdm progress bar.
+        skip_corrupt: leave out unreadable images with a warning instead of raising.
+
+    Returns:
+        ``(N, D)`` float32 L2-normalised embeddings; with ``skip_corrupt=True`` a pair
+        ``(embeddings, kept)`` where ``kept`` (int64) are the positions in ``images`` of the
+        embedded rows.
+
+    Raises:
+        FileNotFoundError / CorruptImageError: an image is missing or cannot be decoded (the
+            message names the file), unless ``skip_corrupt``.
+    """
+    from tqdm.auto import tqdm
+
+    if not hasattr(model, "embed"):
+        raise TypeError(f"model must have an embed() method (an EmbeddingModel), got {model!r}")
+    if isinstance(images, str | os.PathLike):
+        raise TypeError(
+            "images must be a list of paths or a dataset; for a folder use list_images(folder)"
+        )
+    if isinstance(images, Dataset) and transform is not None:
+        raise ValueError("a dataset applies its own transform: pass transform=None with one")
+    if not isinstance(images, Dataset) and transform is None:
+        raise ValueError(
+            "image paths need the model's test transform, e.g. "
+            "build_transform(model.input_style, train=False, image_size=model.input_size)"
+        )
+    if len(images) == 0:
+        raise ValueError("no images to embed")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    dev = resolve_device(device)
+    loader = DataLoader(
+        _Images(images, transform, skip_corrupt),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+    )
+    was_training = model.training
+    model.to(dev).eval()
+    chunks: list[np.ndarray] = []
+    kept: list[int] = []
+    try:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(images), unit="img", desc="embedding", disable=not progress) as bar,
+        ):
+            for positions, batch, skipped in loader:
+                for _, why in skipped:
+                    warnings.warn(f"skipping unreadable image: {why}", stacklevel=2)
+                if batch is not None:
+                    out = model.embed(batch.to(dev, non_blocking=True))
+                    chunks.append(out.float().cpu().numpy())
+                    kept.extend(positions)
+                bar.update(len(positions) + len(skipped))
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError(f"none of the {len(images)} images could be read")
+    emb = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    if skip_corrupt:
+        return emb, np.asarray(kept, dtype=np.int64)
+    return emb
