@@ -24,10 +24,11 @@ test: lint
 	$(BIN)/python -m pytest -n 2 -q tests
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/loss_speed.py --quick
+	$(BIN)/rankedlist train --config configs/glyphs.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py
+	$(BIN)/python benchmarks/eval_speed.py --repeat 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,258 @@
+"""The ``rankedlist`` command: train, evaluate, list recipes, show a resolved config.
+
+Exit codes: 0 success (or a run stopped by ``--stop-after``); 1 the loss became non-finite;
+2 a usage, config or data error (the message says what to fix; ``--debug`` shows the traceback);
+130 / 143 interrupted by SIGINT / SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "find_recipe", "list_recipes"]
+
+_EXIT_USAGE = 2
+_EXIT_NONFINITE = 1
+
+
+def _configs_dirs() -> list[Path]:
+    """Where recipes live: ./configs, then the repository's configs/ (source checkouts)."""
+    here = Path(__file__).resolve()
+    dirs = [Path.cwd() / "configs", here.parents[3] / "configs"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A config path as given, or a recipe name (``glyphs``) looked up in the configs folder."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for folder in _configs_dirs():
+        for candidate in (folder / name_or_path, folder / f"{name_or_path}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"config {name_or_path!r} not found (neither a file nor a recipe name); "
+        "`rankedlist recipes` lists the shipped recipes"
+    )
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """``(recipe name, description)`` for every ``configs/*.yaml``."""
+    import yaml
+
+    seen: dict[str, str] = {}
+    for folder in _configs_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem in seen:
+                continue
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError:
+                data = {}
+            seen[path.stem] = (
+                str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+            )
+    return sorted(seen.items())
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rankedlist",
+        description="Ranked List Loss for deep metric learning: train, evaluate, report.",
+        epilog="Run `rankedlist COMMAND --help` for a command's options. Any `section.key=value` "
+        "(or `--section.key value`) after a command overrides the recipe.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train a model from a recipe, evaluate it on the test split, write a report",
+        description="Train from a YAML recipe; the test split is evaluated once at the end and "
+        "report.md, metrics.json and the pictures are written to train.run_dir.",
+    )
+    train.add_argument(
+        "--config", "-c", help="a YAML recipe path or a recipe name from `rankedlist recipes`"
+    )
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.01")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue from a checkpoint or run folder (default: train.run_dir/last.pt); "
+        "without --config the checkpoint's own config is used",
+    )
+    train.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop with a checkpoint after iteration N (time-boxed jobs); resume later",
+    )
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="re-evaluate a saved checkpoint on a split",
+        description="Rebuild the model of a checkpoint and compute its retrieval metrics.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="a .pt file or a run folder")
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train"))
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/CUB_200_2011"
+    )
+
+    sub.add_parser("recipes", help="list the shipped recipes (configs/*.yaml)")
+
+    show = sub.add_parser("show-config", help="print a recipe fully resolved, with overrides")
+    show.add_argument("--config", "-c", help="a YAML recipe path or name (default: the defaults)")
+    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return parser
+
+
+def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
+    """Turn ``--data.root /x`` and ``--data.root=/x`` into ``data.root=/x`` (no real option
+    has a dot in its name, so a dotted one is always a config key)."""
+    out, i = [], 0
+    while i < len(argv):
+        item = argv[i]
+        key = item[2:].split("=", 1)[0]
+        if not item.startswith("--") or "." not in key:
+            out.append(item)
+            i += 1
+        elif "=" in item:
+            out.append(item[2:])
+            i += 1
+        elif i + 1 < len(argv):
+            out.append(f"{key}={argv[i + 1]}")
+            i += 2
+        else:
+            raise ValueError(f"{item} needs a value, e.g. {item} VALUE")
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rankedlist.training.config import apply_overrides, config_from_dict, load_config
+    from rankedlist.training.train import main as train_main
+
+    resume = None
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value`: argparse gave the first override to the optional PATH.
+        args.overrides, args.resume = [args.resume, *args.overrides], ""
+    if args.config is not None:
+        config = load_config(find_recipe(args.config), args.overrides)
+        if args.resume is not None:
+            resume = Path(args.resume) if args.resume else Path(config.train.run_dir) / "last.pt"
+    elif args.resume:
+        from rankedlist.training.checkpoint import load_checkpoint
+
+        resume = Path(args.resume)
+        saved = load_checkpoint(resume)["config"]
+        config = apply_overrides(config_from_dict(saved), args.overrides)
+    else:
+        raise ValueError("train needs --config PATH (or --resume PATH of a checkpoint)")
+
+    result = train_main(config, resume=resume, stop_after=args.stop_after)
+    if result.status == "interrupted":
+        return 128 + int(result.signal or signal.SIGINT)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rankedlist.training.train import evaluate_checkpoint, format_metrics_table
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device)
+    if not metrics:  # a non-zero rank of a distributed evaluation
+        return 0
+    print(f"{args.split} metrics of {args.checkpoint}:")
+    print("\n".join(format_metrics_table(metrics)))
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2))
+        print(f"written to {args.output}")
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:  # noqa: ARG001
+    recipes = list_recipes()
+    if not recipes:
+        print("no recipes found (looked for configs/*.yaml)")
+        return 0
+    width = max(len(name) for name, _ in recipes)
+    for name, description in recipes:
+        print(f"{name:<{width}}  {description}")
+    print("\nrun one with: rankedlist train --config NAME [key=value ...]")
+    return 0
+
+
+def _cmd_show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rankedlist.training.config import load_config
+
+    path = find_recipe(args.config) if args.config else None
+    print(yaml.safe_dump(load_config(path, args.overrides).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "recipes": _cmd_recipes,
+    "show-config": _cmd_show_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (see the module docstring)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _dashed_to_overrides(argv)
+    except ValueError as exc:
+        print(f"rankedlist: error: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return, do not exit
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return _EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except Exception as exc:
+        from rankedlist.models.pretrained import PretrainedWeightsError
+        from rankedlist.training.train import NonFiniteLossError
+
+        if args.debug:
+            raise
+        if isinstance(exc, NonFiniteLossError):
+            print(f"error: {exc}", file=sys.stderr)
+            return _EXIT_NONFINITE
+        if isinstance(exc, (ValueError, TypeError, FileNotFoundError, PretrainedWeightsError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return _EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Training: the typed config, optimisers and schedules, atomic checkpoints and the loop.
+
+``rankedlist.training.train.main(config)`` runs a recipe end to end (what ``rankedlist train``
+calls); :mod:`rankedlist.training.distributed` and :mod:`rankedlist.training.loss_factory` hold the
+multi-process pieces and the losses by name.
+"""
+
+from rankedlist.training.checkpoint import load_checkpoint, save_checkpoint
+from rankedlist.training.config import (
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    save_config,
+)
+from rankedlist.training.optim import build_optimizer, build_scheduler
+from rankedlist.training.train import (
+    NonFiniteLossError,
+    TrainResult,
+    evaluate_checkpoint,
+    main,
+)
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "NonFiniteLossError",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "TrainResult",
+    "apply_overrides",
+    "build_optimizer",
+    "build_scheduler",
+    "config_from_dict",
+    "evaluate_checkpoint",
+    "load_checkpoint",
+    "load_config",
+    "main",
+    "save_checkpoint",
+    "save_config",
+]

@@ -1,0 +1,213 @@
+"""The loss factory: Ranked List Loss and the pytorch-metric-learning baselines by name.
+
+``build_loss(name, params, num_classes=..., embedding_dim=..., ctx=...)`` returns an
+``nn.Module`` whose ``forward(embeddings, labels)`` gives a scalar loss on the global batch (see
+:mod:`rankedlist.training.global_batch_loss` for how a distributed run gathers it) and whose
+``last_stats`` holds RLL's statistics (``{}`` for baselines).
+
+Names and what they build (baselines come from pytorch-metric-learning, not rewritten, so the
+comparison is against the reference implementations):
+
+================== =========================================================================
+``rll``            :class:`rankedlist.losses.RankedListLoss`; params: its constructor
+                   (``margin``, ``alpha``, ``Tn``, ``Tp``, ``lam``, ``normalize``, ``gradient``,
+                   ``reduction`` = ``"mean"`` or ``"official"``, ``chunk_size``)
+``contrastive``    PML ``ContrastiveLoss`` (``pos_margin``, ``neg_margin``)
+``triplet``        PML ``TripletMarginLoss`` (``margin``, ``swap``, ``smooth_loss``,
+                   ``triplets_per_anchor``) mined by ``TripletMarginMiner`` with
+                   ``type_of_triplets="semihard"``; the miner's margin defaults to the loss's
+``multi_similarity`` PML ``MultiSimilarityLoss`` (``alpha``, ``beta``, ``base``) mined by
+                   ``MultiSimilarityMiner`` (``epsilon``)
+``npair``          PML ``NPairsLoss`` (no parameters)
+``lifted``         PML ``GeneralizedLiftedStructureLoss`` (``neg_margin``, ``pos_margin``), the
+                   smooth batch-wise form that PML and "A Metric Learning Reality Check" use
+``proxy_anchor``   PML ``ProxyAnchorLoss`` (``margin``, ``alpha``) with one proxy per class
+================== =========================================================================
+
+Parameter naming: keys of ``params`` are the loss constructor's argument names; the miner's are
+the miner constructor's names prefixed with ``miner_`` (``miner_margin``,
+``miner_type_of_triplets``, ``miner_epsilon``). An unknown key is a ValueError listing the valid
+ones (:func:`valid_params`). Defaults are PML's, except the triplet miner's type and margin above.
+
+Proxy-based losses have trainable parameters (ProxyAnchor's ``loss.loss.proxies``, shape
+``(num_classes, embedding_dim)``): they are ordinary parameters of the returned module, so the
+trainer must give ``loss_module.parameters()`` to its optimiser (the Proxy-Anchor paper uses a
+100x learning rate for them); ``has_parameters(module)`` says whether there are any.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from rankedlist.training.distributed import DistributedContext
+
+__all__ = ["LOSS_NAMES", "build_loss", "valid_params", "has_parameters"]
+
+LOSS_NAMES: tuple[str, ...] = (
+    "rll",
+    "contrastive",
+    "triplet",
+    "multi_similarity",
+    "npair",
+    "lifted",
+    "proxy_anchor",
+)
+
+# name -> (PML loss class, PML miner class or None, miner defaults)
+_BASELINES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "contrastive": ("ContrastiveLoss", None, {}),
+    "triplet": ("TripletMarginLoss", "TripletMarginMiner", {"type_of_triplets": "semihard"}),
+    "multi_similarity": ("MultiSimilarityLoss", "MultiSimilarityMiner", {}),
+    "npair": ("NPairsLoss", None, {}),
+    "lifted": ("GeneralizedLiftedStructureLoss", None, {}),
+    "proxy_anchor": ("ProxyAnchorLoss", None, {}),
+}
+# Filled in by the factory from its keyword arguments, so not user parameters.
+_FACTORY_FILLED = {"num_classes", "embedding_size"}
+_MINER_PREFIX = "miner_"
+_TRIPLET_TYPES = ("semihard", "hard", "all", "easy")
+
+
+def _constructor_params(cls: type) -> list[str]:
+    sig = inspect.signature(cls.__init__)
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.name != "self"
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in _FACTORY_FILLED
+    ]
+
+
+def _classes(name: str) -> tuple[type, type | None]:
+    if name == "rll":
+        from rankedlist.losses import RankedListLoss
+
+        return RankedListLoss, None
+    from pytorch_metric_learning import losses, miners
+
+    loss_name, miner_name, _ = _BASELINES[name]
+    return getattr(losses, loss_name), (getattr(miners, miner_name) if miner_name else None)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
+    return name
+
+
+def valid_params(name: str) -> list[str]:
+    """The parameter keys ``build_loss(name, params)`` accepts (miner keys prefixed ``miner_``)."""
+    loss_cls, miner_cls = _classes(_check_name(name))
+    keys = _constructor_params(loss_cls)
+    if miner_cls is not None:
+        keys += [_MINER_PREFIX + k for k in _constructor_params(miner_cls)]
+    return keys
+
+
+def has_parameters(module: nn.Module) -> bool:
+    """True when the loss module has trainable parameters (proxies) to give the optimiser."""
+    return any(p.requires_grad for p in module.parameters())
+
+
+def build_loss(
+    name: str,
+    params: Mapping[str, Any] | None,
+    *,
+    num_classes: int,
+    embedding_dim: int,
+    ctx: DistributedContext | None = None,
+) -> nn.Module:
+    """Build the training loss ``name`` with hyper-parameters ``params``.
+
+    Args:
+        name: one of :data:`LOSS_NAMES`.
+        params: hyper-parameters (see the module docstring for the keys); ``None`` means defaults.
+        num_classes: number of training classes (labels must lie in ``[0, num_classes)`` for
+            ``proxy_anchor``; ignored by the others).
+        embedding_dim: embedding size (the proxies' size for ``proxy_anchor``).
+        ctx: the distributed context; with more than one process the loss is computed on the
+            global batch gathered from all ranks. Build it on every rank, in the same order
+            (construction may run collectives).
+
+    Returns:
+        A :class:`~rankedlist.training.global_batch_loss.GlobalBatchLoss`:
+        ``forward(embeddings, labels) -> scalar``, ``last_stats`` dict, and for
+        ``proxy_anchor`` the proxies as parameters (give ``module.parameters()`` to the
+        optimiser).
+
+    Raises:
+        ValueError: unknown name, unknown parameter key (the message lists the valid ones), a
+            value the loss rejects, or ``reduction="none"`` (training needs a scalar).
+        TypeError: ``params`` is not a mapping.
+    """
+    from rankedlist.training.global_batch_loss import GlobalBatchLoss
+
+    _check_name(name)
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params of loss {name!r} must be a mapping, got {type(params).__name__}")
+    loss_cls, miner_cls = _classes(name)
+    valid = valid_params(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for loss {name!r}; valid parameters: "
+            f"{', '.join(valid) if valid else '(none)'}"
+        )
+    loss_kwargs = {k: v for k, v in params.items() if not k.startswith(_MINER_PREFIX)}
+    miner_kwargs = {
+        k[len(_MINER_PREFIX) :]: v for k, v in params.items() if k.startswith(_MINER_PREFIX)
+    }
+
+    if name == "rll":
+        if loss_kwargs.get("reduction", "mean") == "none":
+            raise ValueError(
+                "loss 'rll' with reduction='none' returns one value per query; training needs a "
+                "scalar: use reduction='mean' (the paper) or 'official'"
+            )
+        loss = _construct(name, loss_cls, loss_kwargs)
+        return GlobalBatchLoss(loss, name, ctx=ctx)
+
+    if name == "proxy_anchor":
+        for key, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"loss 'proxy_anchor' needs a positive int {key}, got {value!r}")
+        loss_kwargs = {"num_classes": num_classes, "embedding_size": embedding_dim, **loss_kwargs}
+    loss = _construct(name, loss_cls, loss_kwargs)
+
+    miner = None
+    kind = miner_kwargs.get("type_of_triplets", "semihard")
+    if name == "triplet" and kind not in _TRIPLET_TYPES:
+        # PML does not check it and silently mines "all" for an unknown value.
+        raise ValueError(
+            f"miner_type_of_triplets={kind!r} for loss 'triplet'; "
+            f"valid: {', '.join(_TRIPLET_TYPES)}"
+        )
+    if miner_cls is not None:
+        defaults = dict(_BASELINES[name][2])
+        if name == "triplet" and "margin" not in miner_kwargs:
+            # Semi-hard mining selects the triplets inside the loss's own margin.
+            defaults["margin"] = loss.margin
+        miner = _construct(name, miner_cls, {**defaults, **miner_kwargs}, what="miner")
+    return GlobalBatchLoss(
+        loss,
+        name,
+        miner=miner,
+        ctx=ctx,
+        num_classes=num_classes if name == "proxy_anchor" else None,
+    )
+
+
+def _construct(name: str, cls: type, kwargs: dict[str, Any], what: str = "loss") -> nn.Module:
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ValueError(
+            f"invalid parameters {kwargs} for the {what} of loss {name!r} ({cls.__name__}): {err}"
+        ) from err

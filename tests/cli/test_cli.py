@@ -1,0 +1,171 @@
+"""The ``rankedlist`` command line: an end-to-end glyph run, re-evaluation, errors and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rankedlist.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+GLYPHS = str(ROOT / "configs" / "glyphs.yaml")
+TINY = [
+    "data.p=8",
+    "data.k=2",
+    "data.image_size=32",
+    "model.embedding_dim=16",
+    "model.options={widths: [8, 16, 16, 32]}",
+    "train.log_every=1",
+    "train.eval_batch_size=512",
+    "train.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One tiny run through the CLI, with validation, report and TensorBoard (shared)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    code = main(
+        [
+            "train",
+            "--config",
+            GLYPHS,
+            *TINY,
+            "train.iterations=6",
+            "train.eval_every=3",
+            "data.val_fraction=0.25",
+            f"train.run_dir={run_dir}",
+        ]
+    )
+    return code, run_dir
+
+
+def test_help_lists_the_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "recipes", "show-config"):
+        assert command in out
+
+
+def test_train_writes_the_run_folder(demo_run, capsys):
+    code, run_dir = demo_run
+    assert code == 0
+    for name in (
+        "config.yaml",
+        "last.pt",
+        "best.pt",
+        "metrics.jsonl",
+        "metrics.json",
+        "report.md",
+        "training_curves.png",
+        "recall_at_k.png",
+        "embedding_map.png",
+        "retrieval_grid.png",
+    ):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["recall@1"] <= 1.0
+    assert {"map@r", "nmi", "recall@8"} <= set(metrics["test"])
+    assert metrics["config"]["train"]["iterations"] == 6
+
+
+def test_evaluate_reproduces_the_test_metrics(demo_run, capsys, tmp_path):
+    _, run_dir = demo_run
+    out_file = tmp_path / "eval.json"
+    code = main(["evaluate", "--checkpoint", str(run_dir / "best.pt"), "--output", str(out_file)])
+    assert code == 0
+    assert "recall@1" in capsys.readouterr().out
+    again = json.loads(out_file.read_text())["fused"]
+    saved = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for key in ("recall@1", "map@r", "r_precision"):
+        assert again[key] == pytest.approx(saved[key], abs=1e-6)
+
+
+def test_recipes_lists_every_config(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for path in (ROOT / "configs").glob("*.yaml"):
+        assert path.stem in out
+
+
+def test_show_config_resolves_a_recipe_name_and_dashed_overrides(capsys):
+    assert main(["show-config", "--config", "glyphs", "--optim.lr", "0.5", "data.p=4"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.5" in out and "p: 4" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["trainer.iterations=3"], ["unknown key 'trainer'", "valid keys"]),
+        (["model.depth=3"], ["unknown key 'model.depth'", "embedding_dim"]),
+        (["optim.lr=fast"], ["optim.lr", "number"]),
+        (["loss.params.margn=0.1"], ["margn", "valid parameters", "margin"]),
+        (["data.dataset=cub200", "data.root=/nonexistent/cub"], ["/nonexistent/cub"]),
+        (["train.amp=fp16"], ["fp16", "CUDA"]),
+    ],
+)
+def test_bad_config_or_data_exits_2_with_a_message(args, words, capsys, tmp_path):
+    argv = ["train", "--config", GLYPHS, *TINY, f"train.run_dir={tmp_path}", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_missing_config_file_exits_2(capsys, tmp_path):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    """A real process: ``python -m rankedlist`` stopped by SIGTERM while it trains."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rankedlist", "train", "--config", GLYPHS, *TINY,
+           "train.iterations=100000", "train.tensorboard=false",
+           f"train.run_dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("iteration "):  # training has started: the handler is in place
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = "".join(seen) + proc.stdout.read()
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert code == 143, rest
+    assert "checkpoint saved" in rest and "--resume" in rest
+    import torch
+
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    assert state["iteration"] >= 1
+
+
+def test_resume_without_config_extends_a_finished_run(demo_run, tmp_path, capsys):
+    import shutil
+
+    _, run_dir = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    code = main(
+        ["train", "--resume", str(copy / "last.pt"), "train.iterations=8", f"train.run_dir={copy}"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "iteration 8/8" in out
+    steps = [json.loads(x)["step"] for x in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 8

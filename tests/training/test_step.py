@@ -1,0 +1,93 @@
+"""One training step: per-head losses summed, gradient clipping, non-finite detection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rankedlist.training.config import config_from_dict
+from rankedlist.training.distributed import DistributedContext
+from rankedlist.training.optim import build_optimizer
+from rankedlist.training.train import NonFiniteLossError, train_one_step
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.low, self.high = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return {"low": self.low(x), "high": self.high(x)}
+
+
+class SquaredNorm(nn.Module):
+    """A loss with stats, like RLL's ``last_stats``."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale, self.last_stats = scale, {}
+
+    def forward(self, embeddings, labels):
+        self.last_stats = {"active_pos": self.scale}
+        return self.scale * embeddings.pow(2).sum()
+
+
+def _setup(clip=None):
+    torch.manual_seed(0)
+    model = TwoHeads()
+    config = config_from_dict(
+        {"optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+                   "clip_grad_norm": clip}}
+    )  # fmt: skip
+    losses = {"low": SquaredNorm(1.0), "high": SquaredNorm(3.0)}
+    optimizer = build_optimizer(model, config.optim)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return model, losses, optimizer, scaler, config
+
+
+def test_head_losses_are_summed_and_logged():
+    model, losses, optimizer, scaler, config = _setup()
+    x, y = torch.randn(4, 3), torch.arange(4)
+    with torch.no_grad():
+        out = model(x)
+        expected = {"low": out["low"].pow(2).sum().item(), "high": 3 * out["high"].pow(2).sum()}
+    values, stop = train_one_step(
+        model, losses, x, y, optimizer, scaler, config, DistributedContext()
+    )
+    assert not stop
+    assert values["loss/low"] == pytest.approx(expected["low"], rel=1e-6)
+    assert values["loss/high"] == pytest.approx(float(expected["high"]), rel=1e-6)
+    assert values["loss"] == pytest.approx(values["loss/low"] + values["loss/high"], rel=1e-6)
+    assert values["active_pos"] == pytest.approx(2.0)  # the mean over heads
+    assert values["active_pos/high"] == pytest.approx(3.0)
+
+
+def test_gradient_clipping_bounds_the_update():
+    model, losses, optimizer, scaler, config = _setup(clip=0.01)
+    x, y = torch.randn(4, 3), torch.arange(4)
+    # The unclipped gradient norm, computed independently with autograd.
+    out = model(x)
+    total = out["low"].pow(2).sum() + 3 * out["high"].pow(2).sum()
+    grads = torch.autograd.grad(total, list(model.parameters()))
+    raw_norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    values, _ = train_one_step(model, losses, x, y, optimizer, scaler, config, DistributedContext())
+    assert values["grad_norm"] == pytest.approx(raw_norm, rel=1e-5)
+    step = torch.sqrt(
+        sum((p - b).pow(2).sum() for p, b in zip(model.parameters(), before, strict=True))
+    )
+    assert raw_norm > 0.01
+    assert step.item() == pytest.approx(0.1 * 0.01, rel=1e-4)  # lr x the clipped norm
+
+
+def test_non_finite_loss_raises_before_the_weights_change():
+    model, losses, optimizer, scaler, config = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 3)
+    x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="nan"):
+        train_one_step(model, losses, x, torch.arange(4), optimizer, scaler, config,
+                       DistributedContext())  # fmt: skip
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))

@@ -1,0 +1,152 @@
+"""The training loop on tiny glyph runs: resume equivalence, signals, non-finite loss, best.pt.
+
+Every run is a few iterations of a narrow GlyphNet on 32 px glyphs with ``num_workers=0`` and
+deterministic algorithms, so the whole file takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rankedlist.training import train as train_module
+from rankedlist.training.checkpoint import load_checkpoint, save_checkpoint
+from rankedlist.training.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = [
+    "data.p=8",
+    "data.k=2",
+    "data.image_size=32",
+    "model.embedding_dim=16",
+    "model.options={widths: [8, 16, 16, 32]}",
+    "optim.lr=0.003",
+    "schedule.name=cosine",
+    "schedule.warmup_iters=2",
+    "train.log_every=1",
+    "train.eval_batch_size=512",
+    "train.device=cpu",
+    "train.deterministic=true",
+    "train.tensorboard=false",
+    "train.report=false",
+]
+
+
+def tiny_config(run_dir: Path, *overrides: str):
+    return load_config(CONFIGS / "glyphs.yaml", [*TINY, f"train.run_dir={run_dir}", *overrides])
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    # 12 iterations cross epoch boundaries; the stop at 7 falls in the middle of an epoch.
+    whole = train_module.main(tiny_config(tmp_path / "whole", "train.iterations=12"))
+    assert whole.status == "completed"
+
+    parts = tiny_config(tmp_path / "parts", "train.iterations=12", "train.checkpoint_every=4")
+    first = train_module.main(parts, stop_after=7)
+    assert first.status == "stopped" and first.iteration == 7
+    state = load_checkpoint(tmp_path / "parts" / "last.pt")
+    assert state["iteration"] == 7 and state["batch_in_epoch"] > 0  # mid-epoch
+    second = train_module.main(parts, resume=tmp_path / "parts")
+    assert second.status == "completed" and second.iteration == 12
+
+    expected, got = train_records(tmp_path / "whole"), train_records(tmp_path / "parts")
+    assert [r["step"] for r in got] == list(range(1, 13))  # logged once each, none twice
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], abs=1e-6)
+    assert second.test_metrics["fused"]["recall@1"] == pytest.approx(
+        whole.test_metrics["fused"]["recall@1"], abs=1e-6
+    )
+
+    # The resolved config travels in every checkpoint and in the run folder.
+    saved = load_checkpoint(tmp_path / "parts" / "last.pt")
+    assert saved["config"] == parts.to_dict()
+    assert yaml.safe_load((tmp_path / "parts" / "config.yaml").read_text()) == parts.to_dict()
+
+    # Resuming needs the world size that wrote the checkpoint.
+    saved["world_size"] = 2
+    save_checkpoint(saved, tmp_path / "parts" / "last.pt")
+    with pytest.raises(ValueError, match="same world size"):
+        train_module.main(parts, resume=tmp_path / "parts" / "last.pt")
+
+
+def test_signal_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
+    real_step = train_module.train_one_step
+    calls = {"n": 0}
+
+    def step_then_signal(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the trainer's handler
+        return out
+
+    monkeypatch.setattr(train_module, "train_one_step", step_then_signal)
+    previous = signal.getsignal(signal.SIGTERM)
+    result = train_module.main(tiny_config(tmp_path, "train.iterations=50"))
+    assert result.status == "interrupted" and result.signal == signal.SIGTERM
+    assert result.iteration == 4  # the step in flight finishes, then every rank stops together
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_build = train_module._build_losses
+
+    class NanAtFifthCall(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, embeddings, labels):
+            self.calls += 1
+            loss = self.inner(embeddings, labels)
+            return loss * float("nan") if self.calls == 5 else loss
+
+    def build(*args, **kwargs):
+        losses = real_build(*args, **kwargs)
+        return torch.nn.ModuleDict({k: NanAtFifthCall(v) for k, v in losses.items()})
+
+    monkeypatch.setattr(train_module, "_build_losses", build)
+    config = tiny_config(tmp_path, "train.iterations=10", "train.checkpoint_every=2")
+    with pytest.raises(train_module.NonFiniteLossError, match="iteration 5") as info:
+        train_module.main(config)
+    assert "last.pt (iteration 4)" in str(info.value)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_validation_selects_best_checkpoint_and_test_is_evaluated_once(tmp_path):
+    config = tiny_config(
+        tmp_path, "train.iterations=6", "train.eval_every=3", "data.val_fraction=0.25"
+    )
+    result = train_module.main(config)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if any(k.startswith("val/") for k in r)]
+    test = [r for r in records if any(k.startswith("test/") for k in r)]
+    assert [r["step"] for r in val] == [3, 6]
+    assert len(test) == 1 and test[0]["step"] == 6
+    best = load_checkpoint(tmp_path / "best.pt")
+    scores = {r["step"]: r["val/recall@1"] for r in val}
+    assert best["iteration"] == max(scores, key=lambda s: (scores[s], -s))
+    assert "optimizer" not in best  # weights only
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["recall@1"] == pytest.approx(
+        result.test_metrics["fused"]["recall@1"]
+    )
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    result = train_module.main(tiny_config(tmp_path, "train.iterations=2", "train.amp=bf16"))
+    assert result.status == "completed"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train_records(tmp_path))
+    assert 0.0 <= result.test_metrics["fused"]["recall@1"] <= 1.0
