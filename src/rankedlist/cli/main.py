@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print a recipe fully resolved, with overrides")
     show.add_argument("--config", "-c", help="a YAML recipe path or name (default: the defaults)")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    from rankedlist.retrieval.cli_commands import add_index_parser
+
+    add_index_parser(sub)
     return parser
 
 
@@ -213,11 +217,18 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from rankedlist.retrieval.cli_commands import run_index_command
+
+    return run_index_command(args)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "recipes": _cmd_recipes,
     "show-config": _cmd_show_config,
+    "index": _cmd_index,
 }
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rankedlist.atomic_write import atomic_write_text
 from rankedlist.report import markdown as md
 from rankedlist.report.plots import (
     plot_embedding_map,
@@ -66,18 +66,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)  # paths, enums, dtypes: their text is what a reader needs
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _validate(
@@ -260,7 +248,7 @@ def write_report(
         "reference": [r.to_dict() for r in reference],
     }
     path = run_dir / FILE_NAMES["metrics"]
-    _write_text(path, json.dumps(_jsonable(metrics_doc), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_jsonable(metrics_doc), indent=2, allow_nan=False) + "\n")
     written["metrics"] = path
 
     # Pictures. Each returns None when it has nothing to draw; the report says why.
@@ -305,7 +293,7 @@ def write_report(
         len(embeddings),
     )
     path = run_dir / FILE_NAMES["report"]
-    _write_text(path, text)
+    atomic_write_text(path, text)
     written["report"] = path
     return written
 

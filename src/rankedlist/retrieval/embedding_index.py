@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rankedlist.atomic_write import current_umask, fsync_dir
+
 __all__ = ["EmbeddingIndex", "Match", "INDEX_FORMAT", "INDEX_FORMAT_VERSION"]
 
 INDEX_FORMAT = "rankedlist-embedding-index"
@@ -118,20 +120,6 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, arr)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the renames durable; not possible on every platform, so best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class EmbeddingIndex:
@@ -330,12 +318,12 @@ class EmbeddingIndex:
             if self._labels is not None:
                 _write_npy(tmp / LABELS_FILE, self._labels)
             _write_json(tmp / META_FILE, self._meta_for_file())
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an index is not
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; an index is not
             _replace_dir(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         return folder
 
     def _meta_for_file(self) -> dict[str, Any]:
@@ -427,12 +415,6 @@ class EmbeddingIndex:
         index._labels = None if labels is None else _as_labels(labels, len(items), LABELS_FILE)
         index.meta = {k: v for k, v in meta.items() if k not in _OWN_META}
         return index
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _replace_dir(new: Path, target: Path) -> None:
