@@ -1,0 +1,62 @@
+"""The README is the user's door: its commands must parse and its code must run."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from rankedlist.cli.main import build_parser, find_recipe
+from rankedlist.training.config import load_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _code_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def _commands() -> list[list[str]]:
+    """Every `rankedlist ...` / `torchrun ... -m rankedlist ...` command of the bash blocks."""
+    commands = []
+    for block in _code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "rankedlist" not in words:
+                continue
+            start = words.index("rankedlist") + 1
+            if words[0] == "rankedlist" or words[start - 2] == "-m":
+                commands.append(words[start:])
+    return commands
+
+
+def test_readme_has_the_two_commands_first():
+    text = README.read_text(encoding="utf-8")
+    first_block = _code_blocks("bash")[0]
+    assert "make demo" in first_block and "make test" in first_block
+    assert text.index("make demo") < text.index("## ")
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=" ".join)
+def test_readme_command_parses_and_its_recipe_resolves(argv):
+    args = build_parser().parse_args(argv)
+    if args.command in ("train", "show-config") and args.config:
+        # The recipe exists and every override is a valid key of a valid type.
+        load_config(find_recipe(args.config), args.overrides)
+
+
+def test_readme_commands_were_found():
+    names = {argv[0] for argv in _commands()}
+    assert {"train", "evaluate", "recipes", "show-config", "index"} <= names
+
+
+def test_readme_loss_example_runs():
+    (example,) = [b for b in _code_blocks("python") if "RankedListLoss" in b]
+    namespace: dict = {}
+    exec(compile(example, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    loss, stats = namespace["loss"], namespace["loss_fn"].last_stats
+    assert loss.ndim == 0 and bool(loss.isfinite())
+    assert namespace["embeddings"].grad is not None
+    assert set(stats) >= {"active_pos", "active_neg", "nonzero_frac"}
