@@ -11,7 +11,7 @@ import torch
 
 from rankedlist.training.config import load_config
 from rankedlist.training.loss_factory import build_loss
-from rankedlist.training.train import _build_model
+from rankedlist.training.train import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -40,7 +40,7 @@ def test_recipe_losses_build(path):
 @pytest.mark.parametrize("path", _backbone_kinds(), ids=lambda p: p.stem)
 def test_recipe_model_builds_and_runs_one_forward(path):
     config = load_config(path)
-    model = _build_model(config, load_pretrained=False)  # no network in tests
+    model = build_model(config, load_pretrained=False)  # no network in tests
     assert model.head_names == (("low", "mid", "high") if config.model.multi_level else ("high",))
     size = config.data.image_size or model.input_size
     model.eval()

@@ -65,27 +65,14 @@ def load_model_from_checkpoint(
     fetching pretrained weights: the checkpoint has them all).
     """
     from rankedlist.data import build_transform
-    from rankedlist.models import create_model
-    from rankedlist.training import config_from_dict, load_checkpoint
+    from rankedlist.training import build_model, config_from_dict, load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
     if "config" not in state:
         raise ValueError(f"{path} has no 'config' entry: it was not written by `rankedlist train`")
     config = config_from_dict(state["config"])
-    m = config.model
-    # Mirrors training.train._build_model(config, load_pretrained=False) (private, so not
-    # imported): the same create_model arguments, no pretrained download.
-    model = create_model(
-        m.name,
-        embedding_dim=m.embedding_dim,
-        pretrained=False,
-        pretrained_path=None,
-        pooling=m.pooling,
-        freeze_bn=m.freeze_bn,
-        multi_level=m.multi_level,
-        **m.options,
-    )
+    model = build_model(config, load_pretrained=False)  # the checkpoint has every weight
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -23,6 +23,7 @@ from rankedlist.training.optim import build_optimizer, build_scheduler
 from rankedlist.training.train import (
     NonFiniteLossError,
     TrainResult,
+    build_model,
     evaluate_checkpoint,
     main,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "apply_overrides",
+    "build_model",
     "build_optimizer",
     "build_scheduler",
     "config_from_dict",

@@ -565,7 +565,7 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_model(config: Config, load_pretrained: bool = True) -> nn.Module:
+def build_model(config: Config, load_pretrained: bool = True) -> nn.Module:
     """The recipe's model; ``load_pretrained=False`` when a checkpoint supplies the weights."""
     from rankedlist.models import create_model
 
@@ -606,7 +606,7 @@ def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretraine
 
     t = config.train
     _set_seed(t.seed)
-    model = _build_model(config, load_pretrained)
+    model = build_model(config, load_pretrained)
     image_size = config.data.image_size or model.input_size
     train_set = _get_dataset(config, "train", build_transform(model.input_style, True, image_size))
     eval_transform = build_transform(model.input_style, False, image_size)
@@ -917,7 +917,7 @@ def evaluate_checkpoint(
         )
     ctx = dist_utils.init_distributed(device)
     try:
-        model = _build_model(config, load_pretrained=False)
+        model = build_model(config, load_pretrained=False)
         model.load_state_dict(state["model"])
         model = dist_utils.wrap_model(model, ctx)
         base = dist_utils.unwrap_model(model)
