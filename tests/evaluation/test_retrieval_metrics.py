@@ -106,38 +106,47 @@ def no_near_ties(q, g, same, gap=1e-6):
 # --------------------------------------------------------------------------- tests
 
 
+BACKENDS = ("faiss", "torch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_clusters_match_reference(seed):
+def test_random_clusters_match_reference(seed, backend):
     x, y = first_tie_free(lambda s: clustered(16, (1, 9), 16, 1.2, s, singletons=3), seed)
     assert x.shape[0] > 65
-    got = retrieval_metrics(x, y, ks=(1, 2, 4, 8, 16, 64))
+    got = retrieval_metrics(x, y, ks=(1, 2, 4, 8, 16, 64), backend=backend)
     want = reference_metrics(x, y, ks=(1, 2, 4, 8, 16, 64))
     assert want["lone_queries"] >= 3  # singleton classes are lone queries
     assert_metrics_equal(got, want)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("chunk_size", [1, 7, None])
-def test_ties_and_duplicates_match_reference(seed, chunk_size):
+def test_ties_and_duplicates_match_reference(seed, chunk_size, backend):
     x, y = quantised(150, 8, 25, seed=seed, n_dups=30)
     ks = (1, 2, 4, 8, 32, 149)
-    got = retrieval_metrics(torch.from_numpy(x), torch.from_numpy(y), ks=ks, chunk_size=chunk_size)
+    got = retrieval_metrics(
+        torch.from_numpy(x), torch.from_numpy(y), ks=ks, chunk_size=chunk_size, backend=backend
+    )
     assert_metrics_equal(got, reference_metrics(x, y, ks=ks))
 
 
-def test_all_ties_order_by_index():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_ties_order_by_index(backend):
     # Identical embeddings: the order is the gallery index order, own item skipped.
     x = np.ones((6, 3), dtype=np.float32)
     y = np.array([0, 1, 1, 0, 2, 1])
-    got = retrieval_metrics(x, y, ks=(1, 2, 3))
+    got = retrieval_metrics(x, y, ks=(1, 2, 3), backend=backend)
     want = reference_metrics(x, y, ks=(1, 2, 3))
     assert_metrics_equal(got, want)
     # query 0 (label 0): list 1,2,3,... -> first relevant (3) at rank 3: not in top 2
     assert got["lone_queries"] == 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [0, 3])
-def test_separate_gallery_matches_reference(seed):
+def test_separate_gallery_matches_reference(seed, backend):
     x, y = first_tie_free(lambda s: clustered(15, (2, 8), 12, noise=1.0, seed=s), seed)
     rng = np.random.default_rng(seed)
     is_query = rng.random(x.shape[0]) < 0.4
@@ -146,17 +155,18 @@ def test_separate_gallery_matches_reference(seed):
     ql = np.concatenate([ql, [1000, 1001]])  # labels absent from the gallery: lone
     assert no_near_ties(q, g, False)
     ks = (1, 5, 10, int(g.shape[0]))
-    got = retrieval_metrics(q, ql, g, gl, ks=ks)
+    got = retrieval_metrics(q, ql, g, gl, ks=ks, backend=backend)
     want = reference_metrics(q, ql, g, gl, ks=ks)
     assert got["lone_queries"] >= 2
     assert_metrics_equal(got, want)
 
 
-def test_separate_gallery_with_ties():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_separate_gallery_with_ties(backend):
     x, y = quantised(200, 8, 20, seed=5, n_dups=40)
     q, ql, g, gl = x[:70], y[:70], x[70:], y[70:]
     ks = (1, 3, 130)
-    got = retrieval_metrics(q, ql, g, gl, ks=ks, chunk_size=16)
+    got = retrieval_metrics(q, ql, g, gl, ks=ks, chunk_size=16, backend=backend)
     assert_metrics_equal(got, reference_metrics(q, ql, g, gl, ks=ks))
 
 
@@ -166,6 +176,19 @@ def test_input_types_and_dtypes_agree():
     for emb in (torch.from_numpy(x).half(), torch.from_numpy(x).bfloat16(), x.astype(np.float64)):
         for lab in (torch.from_numpy(y), y.astype(np.int32), y.tolist()):
             assert retrieval_metrics(emb, lab) == want  # +-1 vectors survive every float dtype
+
+
+@pytest.mark.parametrize("lone", [0, 7])
+def test_backends_agree_when_most_first_relevants_are_beyond_the_list(lone):
+    # Heavy noise: the first relevant item is often far down, so the faiss back end recounts
+    # many rows; lone queries are removed before the search (self index remapped).
+    x, y = clustered(40, (2, 4), 24, noise=3.0, seed=11, singletons=lone)
+    ks = (1, 2, 10, 50)
+    fa = retrieval_metrics(x, y, ks=ks, chunk_size=5, backend="faiss")
+    to = retrieval_metrics(x, y, ks=ks, backend="torch")
+    assert fa["recall@2"] < 0.5  # most first relevants lie beyond the 3-long lists
+    assert_metrics_equal(fa, to, tol=1e-12)
+    assert_metrics_equal(fa, reference_metrics(x, y, ks=ks))
 
 
 def test_gallery_is_query_object_means_self_excluded():
@@ -186,6 +209,8 @@ def test_gpu_matches_cpu():
     cpu = retrieval_metrics(x, y, ks=(1, 4, 100))
     gpu = retrieval_metrics(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda(), ks=(1, 4, 100))
     assert gpu == cpu
+    with pytest.raises(ValueError, match="CPU"):
+        retrieval_metrics(torch.from_numpy(x).cuda(), y, backend="faiss")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -221,6 +246,7 @@ GOOD_Y = np.arange(10) % 3
         ({"gallery": GOOD_X + 1}, ValueError, "gallery_labels"),
         ({"gallery_labels": GOOD_Y}, ValueError, "without gallery"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"backend": "annoy"}, ValueError, "backend"),
     ],
 )
 def test_bad_input_raises(kwargs, error, match):

@@ -64,7 +64,8 @@ def nearest_neighbors(
     if backend == "faiss":
         if q.device.type != "cpu":
             raise ValueError("the faiss back end needs CPU inputs: use backend='torch' on a GPU")
-        sims, idx = _faiss_search(q, g, int(k), exclude_self)
+        self_index = torch.arange(q.shape[0]) if exclude_self else None
+        sims, idx = faiss_search(q, g, int(k), self_index)
     else:
         chunk = chunk_size or auto_chunk_size(g.shape[0])
         sims, idx = _torch_search(q, g, int(k), exclude_self, chunk)
@@ -91,14 +92,16 @@ def _torch_search(
     return sims, idx
 
 
-def _faiss_search(
-    q: torch.Tensor, g: torch.Tensor, k: int, exclude_self: bool
+def faiss_search(
+    q: torch.Tensor, g: torch.Tensor, k: int, self_index: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """IndexFlatIP search of k (+1) neighbours, put in the stable order.
+    """IndexFlatIP search of k (+1) neighbours of CPU float32 rows, put in the stable order.
 
-    faiss orders equal similarities arbitrarily; the list is re-sorted, and the rows whose
-    last kept value ties with the next one (where the selection itself may differ) are
-    recomputed exactly with torch, so the result equals the torch back end's.
+    ``self_index[i]`` (optional) is the gallery row excluded from query ``i``'s list (its own
+    item when ``q`` is a subset of the gallery's rows). faiss orders equal similarities
+    arbitrarily; the list is re-sorted, and the rows whose last kept value ties with the
+    next one (where the selection itself may differ) are recomputed exactly with torch, so
+    the result equals the torch back end's.
     """
     import faiss  # heavy, optional at import time
 
@@ -106,6 +109,7 @@ def _faiss_search(
     gn = qn if g is q else np.ascontiguousarray(g.numpy())
     index = faiss.IndexFlatIP(gn.shape[1])
     index.add(gn)
+    exclude_self = self_index is not None
     extra = 1 + int(exclude_self)  # one more to detect ties at the cut, one for self
     kk = min(k + extra, gn.shape[0])
     dist, ind = index.search(qn, kk)
@@ -113,7 +117,7 @@ def _faiss_search(
     n = qn.shape[0]
     if exclude_self:
         # Drop the own item by index; rows where it fell outside the list drop their last.
-        is_self = idx == torch.arange(n)[:, None]
+        is_self = idx == self_index[:, None]
         no_self = ~is_self.any(1)
         is_self[no_self, -1] = True
         sims = sims[~is_self].reshape(n, kk - 1)
@@ -131,6 +135,6 @@ def _faiss_search(
         rows = boundary.nonzero()[:, 0]
         s = q[rows] @ g.T
         if exclude_self:
-            s[torch.arange(rows.shape[0]), rows] = -math.inf
+            s[torch.arange(rows.shape[0]), self_index[rows]] = -math.inf
         sims[rows], idx[rows] = stable_topk(s, k)
     return sims, idx.long()

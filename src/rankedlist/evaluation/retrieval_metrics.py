@@ -15,6 +15,13 @@ How (and why it is fast): queries are processed in chunks; each chunk's similari
   index)``, one comparison pass over that query's row. Recall@1000 on SOP therefore costs no
   top-1000 selection.
 
+On CPU inputs (``backend="faiss"``, the default there) the top-R lists come instead from one
+faiss IndexFlatIP search (``nearest_neighbors.faiss_search``: the product fused with a heap
+selection, in the same stable order), and only the queries whose first relevant item lies
+beyond their list get their similarity rows recomputed, in chunks, for the count above. That
+is typically a few per cent of the queries, so the evaluation costs little more than the
+products themselves.
+
 Nothing of size N x M is ever allocated, and label bookkeeping is O(N) (``np.bincount``).
 """
 
@@ -40,6 +47,7 @@ from rankedlist.evaluation._ranking import (
     similarities,
     stable_topk,
 )
+from rankedlist.evaluation.nearest_neighbors import BACKENDS, faiss_search
 
 
 def retrieval_metrics(
@@ -49,6 +57,7 @@ def retrieval_metrics(
     gallery_labels: Any = None,
     ks: tuple[int, ...] | list[int] = (1, 2, 4, 8),
     chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, float | int]:
     """Recall@K, R-Precision and MAP@R of ``query`` against ``gallery`` by cosine similarity.
 
@@ -61,6 +70,10 @@ def retrieval_metrics(
         gallery_labels: (M,) integer labels; required with ``gallery``.
         ks: the Recall@K cut-offs; each must be at most the number of retrievable items.
         chunk_size: queries per chunk; by default about 128 MB of float32 similarities.
+        backend: ``"faiss"`` (CPU only: top-R lists from a faiss search, similarity rows
+            recomputed only for queries whose first relevant item is beyond the list),
+            ``"torch"`` (every chunk's similarities on the tensors' device, ``topk`` per chunk)
+            or ``"auto"``: faiss for CPU inputs, torch on a GPU. Both give the same metrics.
 
     Returns:
         ``{"recall@K": ..., "r_precision": ..., "map@r": ..., "lone_queries": int}``. Metrics
@@ -77,8 +90,16 @@ def retrieval_metrics(
     ks = check_ks(ks, problem.num_gallery)
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_cpu = problem.query.device.type == "cpu"
+    if backend == "faiss" and not on_cpu:
+        raise ValueError("the faiss back end needs CPU inputs: use backend='torch' on a GPU")
     chunk = int(chunk_size) if chunk_size is not None else auto_chunk_size(problem.gallery.shape[0])
-    sums = _accumulate(problem, ks, chunk)
+    if backend == "faiss" or (backend == "auto" and on_cpu):
+        sums = _accumulate_faiss(problem, ks, chunk)
+    else:
+        sums = _accumulate(problem, ks, chunk)
     valid = int(sums["num_valid"])
     lone = int(problem.num_relevant.shape[0]) - valid
     out: dict[str, float | int] = {}
@@ -126,7 +147,6 @@ def _accumulate(problem: RetrievalProblem, ks: tuple[int, ...], chunk: int) -> d
     order = np.argsort(problem.gallery_ids, kind="stable")  # gallery grouped by class
     starts = np.cumsum(problem.gallery_counts) - problem.gallery_counts
     g_ids = torch.from_numpy(problem.gallery_ids).to(dev)
-    ks_t = torch.tensor(ks, device=dev, dtype=torch.long)
     sim_buf = torch.empty(min(chunk, max(len(rows_all), 1)), m, device=dev)
     cmp_buf: torch.Tensor | None = None
     sub_buf: torch.Tensor | None = None
@@ -143,16 +163,7 @@ def _accumulate(problem: RetrievalProblem, ks: tuple[int, ...], chunk: int) -> d
         k_top = int(problem.num_relevant[qrows].max())
         _, top_idx = stable_topk(s, k_top)
         rel = g_ids[top_idx] == qid[:, None]  # own item is -inf, never in the list
-        pos = torch.arange(1, k_top + 1, device=dev)
-        hits = rel & (pos[None, :] <= r[:, None])
-        hits_f = hits.to(torch.float64)
-        sums["r_precision"] += float((hits_f.sum(1) / r).sum())
-        precision_at_i = hits_f.cumsum(1) / pos[None, :]
-        sums["map_at_r"] += float(((precision_at_i * hits_f).sum(1) / r).sum())
-
-        # Rank (0-based) of the first relevant item: from the list when it is there.
-        found = rel.any(1)
-        rank = torch.where(found, rel.to(torch.int8).argmax(1), torch.zeros_like(r))
+        rank, found = _list_metrics(rel, r, sums)
         missing = (~found).nonzero()[:, 0]
         if missing.numel():
             if cmp_buf is None or sub_buf is None:
@@ -167,9 +178,82 @@ def _accumulate(problem: RetrievalProblem, ks: tuple[int, ...], chunk: int) -> d
                 starts,
                 cmp_buf,
             )
-        recalled = (rank[:, None] < ks_t[None, :]).sum(0)
-        for k, n_hit in zip(ks, recalled.tolist(), strict=True):
-            sums[f"recall@{k}"] += n_hit
+        _add_recalls(rank, ks, sums)
+    sums["map@r"] = sums.pop("map_at_r")
+    return sums
+
+
+def _list_metrics(
+    rel: torch.Tensor, r: torch.Tensor, sums: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add R-Precision and MAP@R of stable top lists to ``sums``; first-relevant ranks.
+
+    ``rel`` (rows x k, k >= every row's R) marks the relevant items of each list. Returns the
+    0-based rank of each row's first relevant item (0 where there is none) and whether the
+    list holds one.
+    """
+    pos = torch.arange(1, rel.shape[1] + 1, device=rel.device)
+    hits = rel & (pos[None, :] <= r[:, None])
+    hits_f = hits.to(torch.float64)
+    sums["r_precision"] += float((hits_f.sum(1) / r).sum())
+    precision_at_i = hits_f.cumsum(1) / pos[None, :]
+    sums["map_at_r"] += float(((precision_at_i * hits_f).sum(1) / r).sum())
+    found = rel.any(1)
+    rank = torch.where(found, rel.to(torch.int8).argmax(1), torch.zeros_like(r))
+    return rank, found
+
+
+def _add_recalls(rank: torch.Tensor, ks: tuple[int, ...], sums: dict[str, float]) -> None:
+    """Count, per K, the queries whose first relevant item has rank < K."""
+    ks_t = torch.tensor(ks, device=rank.device, dtype=torch.long)
+    recalled = (rank[:, None] < ks_t[None, :]).sum(0)
+    for k, n_hit in zip(ks, recalled.tolist(), strict=True):
+        sums[f"recall@{k}"] += n_hit
+
+
+def _accumulate_faiss(
+    problem: RetrievalProblem, ks: tuple[int, ...], chunk: int
+) -> dict[str, float]:
+    """``_accumulate`` on CPU with the top-R lists of one faiss search.
+
+    Same sums, same stable ranking: the lists are those of ``nearest_neighbors`` (faiss back
+    end). Only queries whose first relevant item is beyond their list need their whole
+    similarity row, recomputed here in chunks for the exact count of ``_first_relevant_rank``.
+    """
+    q, g = problem.query, problem.gallery
+    m = g.shape[0]
+    sums = {f"recall@{k}": 0.0 for k in ks}
+    sums.update(r_precision=0.0, map_at_r=0.0)
+    rows_all = np.flatnonzero(problem.num_relevant > 0)
+    sums["num_valid"] = float(rows_all.shape[0])
+    if rows_all.shape[0]:
+        rows_t = torch.from_numpy(rows_all)
+        qv = q if rows_all.shape[0] == q.shape[0] else q.index_select(0, rows_t)
+        k_top = int(problem.num_relevant[rows_all].max())
+        _, top_idx = faiss_search(qv, g, k_top, rows_t if problem.same_set else None)
+        g_ids = torch.from_numpy(problem.gallery_ids)
+        qid = torch.from_numpy(problem.query_ids[rows_all])
+        r = torch.from_numpy(problem.num_relevant[rows_all])
+        rank, found = _list_metrics(g_ids[top_idx] == qid[:, None], r, sums)
+        missing = (~found).nonzero()[:, 0]
+        if missing.numel():
+            order = np.argsort(problem.gallery_ids, kind="stable")  # gallery grouped by class
+            starts = np.cumsum(problem.gallery_counts) - problem.gallery_counts
+            n_miss = missing.shape[0]
+            sim_buf = torch.empty(min(chunk, n_miss), m)
+            cmp_buf = torch.empty_like(sim_buf)
+            miss_rows = rows_all[missing.numpy()]
+            for start in range(0, n_miss, chunk):
+                qrows = miss_rows[start : start + chunk]
+                c = qrows.shape[0]
+                qrows_t = torch.from_numpy(qrows)
+                s = similarities(q.index_select(0, qrows_t), g, out=sim_buf[:c])
+                if problem.same_set:
+                    s[torch.arange(c), qrows_t] = -math.inf
+                rank[missing[start : start + chunk]] = _first_relevant_rank(
+                    s, qrows, problem, order, starts, cmp_buf
+                )
+        _add_recalls(rank, ks, sums)
     sums["map@r"] = sums.pop("map_at_r")
     return sums
 
