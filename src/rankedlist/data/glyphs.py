@@ -57,9 +57,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 from rankedlist.data.image_list_dataset import remap_to_contiguous
+from rankedlist.data.labeled_image_dataset import LabeledImageDataset
 from rankedlist.data.splits import select_class_split
 
 __all__ = [
@@ -407,7 +407,7 @@ def glyph_fonts(
     return report
 
 
-class GlyphDataset(Dataset):
+class GlyphDataset(LabeledImageDataset):
     """Characters as classes, fonts as instances (see the module docstring for every rule).
 
     Args:
@@ -479,23 +479,9 @@ class GlyphDataset(Dataset):
         self.split = split
         self.image_size = image_size
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def load_image(self, index: int) -> Image.Image:
         """The untransformed glyph as an RGB ``PIL.Image``."""
         return Image.fromarray(self.images[index], mode="L").convert("RGB")
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.load_image(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-    @property
-    def num_classes(self) -> int:
-        """The number of classes, ``len(classes)``."""
-        return len(self.classes)
 
     def __repr__(self) -> str:
         return (

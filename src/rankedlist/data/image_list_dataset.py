@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+
+from rankedlist.data.labeled_image_dataset import LabeledImageDataset
 
 __all__ = [
     "CorruptImageError",
@@ -75,7 +76,7 @@ def remap_to_contiguous(keys: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, l
     return inverse.astype(np.int64).reshape(-1), unique.tolist()
 
 
-class ImageListDataset(Dataset):
+class ImageListDataset(LabeledImageDataset):
     """A dataset of image files with one integer label each.
 
     Args:
@@ -160,23 +161,9 @@ class ImageListDataset(Dataset):
             self.labels, used = remap_to_contiguous(self.labels)
             self.classes = [self.classes[c] for c in used]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def load_image(self, index: int) -> Image.Image:
         """The untransformed RGB image at ``index`` (for pictures in reports)."""
         return read_rgb(self.paths[index])
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.load_image(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-    @property
-    def num_classes(self) -> int:
-        """The number of classes, ``len(classes)``."""
-        return len(self.classes)
 
     def __repr__(self) -> str:
         return (
