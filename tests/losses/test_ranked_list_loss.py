@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rankedlist import RankedListLoss, ranked_list_loss
+from rankedlist.losses._kernels import autocast_disabled
 
 
 def make_batch(n, classes, dim=16, seed=0, dtype=torch.float32):
@@ -182,6 +183,80 @@ def test_half_precision_agrees_with_float32(gradient, dtype, Tn):
     )
 
 
+AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]  # CPU autocast supports both (torch >= 2.1)
+
+
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+@pytest.mark.parametrize("autocast_dtype", AUTOCAST_DTYPES)
+@pytest.mark.parametrize("backward_inside", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_immune_to_an_enclosing_autocast(gradient, autocast_dtype, backward_inside, chunk_size):
+    # Under autocast the distance and gradient products would run in bfloat16/float16: gradients
+    # off by ~3e-3 relative. The loss must give the float32 values and gradients computed outside
+    # autocast, with a reference set too, whether backward() is called inside the region or not.
+    x, y = make_batch(24, 6, dim=32, seed=15)
+    ref_emb, ref_y = make_batch(17, 6, dim=32, seed=16)
+    loss_fn = RankedListLoss(gradient=gradient, Tp=1.0, reduction="official", chunk_size=chunk_size)
+    for args in ((), (ref_emb, ref_y)):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, *args[:1])]
+        want = loss_fn(leaves[0], y, *leaves[1:], *args[1:])
+        want_grads = torch.autograd.grad(want, leaves, allow_unused=True)
+        want_stats = dict(loss_fn.last_stats)
+
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, *args[:1])]
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            got = loss_fn(leaves[0], y, *leaves[1:], *args[1:])
+            if backward_inside:
+                got.backward()
+        if not backward_inside:
+            got.backward()
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        assert loss_fn.last_stats == want_stats
+        for leaf, want_grad in zip(leaves, want_grads, strict=True):
+            if want_grad is None:  # the paper semantics detach the reference set
+                assert leaf.grad is None
+                continue
+            assert leaf.grad.dtype == torch.float32
+            torch.testing.assert_close(
+                leaf.grad, want_grad, rtol=1e-6, atol=1e-6 * want_grad.abs().max().item()
+            )
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_autocast_is_turned_off_for_the_inputs_device_type(device_type):
+    # The switch is device-generic: it names the device type of the embeddings. The autocast
+    # flag is set by hand, which needs no CUDA device (torch.autocast("cuda") would refuse).
+    prev = torch.is_autocast_enabled(device_type)
+    torch.set_autocast_enabled(device_type, True)
+    try:
+        with autocast_disabled(torch.device(device_type)):
+            inside = torch.is_autocast_enabled(device_type)
+        after = torch.is_autocast_enabled(device_type)
+    finally:
+        torch.set_autocast_enabled(device_type, prev)
+    assert not inside and after
+    with autocast_disabled(torch.device("meta")):  # no autocast for this device type: a no-op
+        pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+@pytest.mark.parametrize("autocast_dtype", AUTOCAST_DTYPES)
+def test_immune_to_an_enclosing_cuda_autocast(gradient, autocast_dtype):
+    x, y = make_batch(300, 40, dim=64, seed=17)
+    x, y = x.cuda(), y.cuda()
+    loss_fn = RankedListLoss(gradient=gradient, Tp=1.0)
+    want, want_grad = loss_and_grad(loss_fn, x, y)
+    with torch.autocast("cuda", dtype=autocast_dtype):
+        got, got_grad = loss_and_grad(loss_fn, x, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        got_grad, want_grad, rtol=1e-6, atol=1e-6 * want_grad.abs().max().item()
+    )
+
+
 def test_float64_stays_float64():
     x, y = make_batch(10, 3, dtype=torch.float64)
     loss, grad = loss_and_grad(RankedListLoss(), x, y)
@@ -230,8 +305,20 @@ def test_module_repr_and_defaults():
         0.4, 1.2, 10.0, 0.0, 1.0,
     )  # fmt: skip
     assert loss_fn.gradient == "paper" and loss_fn.reduction == "mean" and loss_fn.normalize
-    assert "margin=0.4" in repr(loss_fn)
+    assert "margin=0.4, alpha=1.2 (1 + margin/2)," in repr(loss_fn)
     assert loss_fn.last_stats == {}
+
+
+def test_repr_follows_changed_hyper_parameters():
+    loss_fn = RankedListLoss()
+    loss_fn.margin, loss_fn.Tn, loss_fn.reduction = 0.2, 5.0, "none"
+    assert loss_fn.alpha == pytest.approx(1.1)
+    text = repr(loss_fn)
+    assert f"margin=0.2, alpha={1 + 0.2 / 2} (1 + margin/2), Tn=5.0," in text
+    assert "reduction='none'" in text
+    loss_fn.alpha = 1.3  # an explicit alpha: no longer tied to the margin
+    loss_fn.margin = 0.6
+    assert "margin=0.6, alpha=1.3, Tn=5.0," in repr(loss_fn)
 
 
 def test_no_grad_forward_matches():

@@ -211,3 +211,88 @@ def test_reference_set_with_self_index_matches_naive():
         np.testing.assert_allclose(auto.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
         auto.sum().backward()
         assert rr.grad is not None and rr.grad.abs().sum() > 0  # autograd: the gallery is live
+
+
+# ---------------------------------------------------------------- an empty reference set
+
+
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+@pytest.mark.parametrize("reduction", ["mean", "none", "official"])
+@pytest.mark.parametrize("with_self_index", [False, True])
+@pytest.mark.parametrize("Tn", [10.0, 60.0])  # Tn * alpha = 72 takes the row-shifted softmax
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_empty_reference_set_gives_zero_loss_and_gradient(
+    gradient, reduction, with_self_index, Tn, dtype, chunk_size
+):
+    # A memory bank starts empty: every query has empty P* and N*, so (spec section 2: an empty
+    # set contributes exactly 0) the loss is 0 and so is its gradient, in every mode.
+    x, y = make_batch(7, 3, dim=5, seed=21, dtype=dtype)
+    ref_emb, ref_y = torch.zeros(0, 5, dtype=dtype), y[:0]
+    self_index = torch.full((7,), -1) if with_self_index else None
+    naive = naive_rll(x.numpy(), y.tolist(), ref_emb.numpy(), [], self_index, Tn=Tn)
+    want_loss, want_grad = expected(naive, reduction)
+
+    x.requires_grad_(True)
+    loss_fn = RankedListLoss(gradient=gradient, reduction=reduction, Tn=Tn, chunk_size=chunk_size)
+    loss = loss_fn(x, y, ref_emb, ref_y, self_index=self_index)
+    assert loss.dtype == dtype and loss.requires_grad
+    assert loss.shape == ((7,) if reduction == "none" else ())
+    np.testing.assert_array_equal(loss.detach().numpy(), want_loss)
+    assert np.all(np.asarray(want_loss) == 0)
+    loss.sum().backward()
+    assert x.grad is not None and x.grad.dtype == dtype
+    np.testing.assert_array_equal(x.grad.numpy(), want_grad)
+    assert np.all(want_grad == 0)
+    assert loss_fn.last_stats == {"active_pos": 0.0, "active_neg": 0.0, "nonzero_frac": 0.0}
+
+
+# ---------------------------------------------------------------- hyper-parameters changed later
+
+
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+def test_margin_changed_after_construction_moves_a_default_alpha(gradient):
+    x, y = make_batch(13, 4, seed=22)
+    loss_fn = RankedListLoss(gradient=gradient, reduction="none")
+    loss_fn.margin = 0.2
+    assert loss_fn.alpha == pytest.approx(1.1)  # alpha=None means 1 + margin/2, now 1.1
+    naive = naive_rll(x.numpy(), y.tolist(), margin=0.2, alpha=1.1)
+    want, _ = expected(naive, "none")
+    got = loss_fn(x, y)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+    fresh = RankedListLoss(margin=0.2, gradient=gradient, reduction="none")(x, y)
+    torch.testing.assert_close(got, fresh, rtol=0, atol=0)
+    # ... and it is not the value at the constructor's alpha (1.2) with the new margin.
+    stale, _ = expected(naive_rll(x.numpy(), y.tolist(), margin=0.2, alpha=1.2), "none")
+    assert np.abs(got.numpy() - stale).max() > 1e-3
+
+    # Back to the default margin: alpha follows again.
+    loss_fn.margin = 0.4
+    want, _ = expected(naive_rll(x.numpy(), y.tolist(), margin=0.4, alpha=1.2), "none")
+    np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+def test_explicit_alpha_stays_when_the_margin_changes(gradient):
+    x, y = make_batch(13, 4, seed=23)
+    loss_fn = RankedListLoss(alpha=1.2, gradient=gradient, reduction="none")
+    loss_fn.margin = 0.2
+    assert loss_fn.alpha == 1.2
+    want, _ = expected(naive_rll(x.numpy(), y.tolist(), margin=0.2, alpha=1.2), "none")
+    np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)
+    # Setting alpha back to None makes it follow the margin again.
+    loss_fn.alpha = None
+    assert loss_fn.alpha == pytest.approx(1.1)
+    want, _ = expected(naive_rll(x.numpy(), y.tolist(), margin=0.2, alpha=1.1), "none")
+    np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_other_hyper_parameters_changed_after_construction_are_used():
+    x, y = make_batch(13, 4, seed=24)
+    loss_fn = RankedListLoss(reduction="none")
+    loss_fn.Tn, loss_fn.Tp, loss_fn.lam = 5.0, 1.5, 0.7
+    want, _ = expected(naive_rll(x.numpy(), y.tolist(), Tn=5.0, Tp=1.5, lam=0.7), "none")
+    np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)
+    loss_fn.reduction = "official"
+    want, _ = expected(naive_rll(x.numpy(), y.tolist(), Tn=5.0, Tp=1.5, lam=0.7), "official")
+    np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)

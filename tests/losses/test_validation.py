@@ -1,17 +1,19 @@
 """Every documented bad input raises a ValueError or TypeError that names the problem."""
 
+import numpy as np
 import pytest
 import torch
 
+# The naive double-loop reference (pytest puts this directory on sys.path: no package here).
+from test_reference import expected, naive_rll
+
 from rankedlist import RankedListLoss, ranked_list_loss
 
-X = torch.randn(6, 4)
+X = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([0, 0, 1, 1, 2, 2])
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,match",
-    [
+BAD_OPTIONS = [
         ({"margin": -0.1}, ValueError, "margin"),
         ({"alpha": 0.0}, ValueError, "alpha"),
         ({"alpha": -1.0}, ValueError, "alpha"),
@@ -27,8 +29,11 @@ Y = torch.tensor([0, 0, 1, 1, 2, 2])
         ({"normalize": 1}, TypeError, "normalize"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"chunk_size": 2.5}, TypeError, "chunk_size"),
-    ],
-)
+        ({"reduction": "average"}, ValueError, "reduction"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD_OPTIONS)
 def test_bad_options(kwargs, error, match):
     with pytest.raises(error, match=match):
         RankedListLoss(**kwargs)
@@ -36,11 +41,20 @@ def test_bad_options(kwargs, error, match):
         ranked_list_loss(X, Y, **kwargs)
 
 
-def test_options_changed_after_construction_are_checked():
+@pytest.mark.parametrize("kwargs,error,match", BAD_OPTIONS)
+def test_options_changed_after_construction_are_checked(kwargs, error, match):
+    # Setting an attribute validates it like the constructor (same error, same message) and a
+    # rejected value leaves the module as it was.
+    ((name, value),) = kwargs.items()
+    with pytest.raises(error, match=match) as from_constructor:
+        RankedListLoss(**kwargs)
     loss_fn = RankedListLoss()
-    loss_fn.reduction = "average"
-    with pytest.raises(ValueError, match="reduction"):
-        loss_fn(X, Y)
+    before = repr(loss_fn)
+    with pytest.raises(error, match=match) as from_setter:
+        setattr(loss_fn, name, value)
+    assert str(from_setter.value) == str(from_constructor.value)
+    assert repr(loss_fn) == before
+    assert loss_fn(X, Y).item() == RankedListLoss()(X, Y).item()
 
 
 @pytest.mark.parametrize(
@@ -99,10 +113,48 @@ def test_bad_reference_set_arguments(call, error, match):
         call(RankedListLoss())
 
 
-def test_valid_edge_cases_do_not_raise():
-    loss_fn = RankedListLoss()
-    assert loss_fn(X, torch.zeros(6, dtype=torch.long)).item() >= 0  # one class
-    assert loss_fn(X, torch.arange(6)).item() >= 0  # singleton classes
-    assert loss_fn(X, Y.int()).item() >= 0  # any integer dtype
-    assert loss_fn(X, Y, torch.randn(0, 4), Y[:0]).item() == 0  # empty reference set
-    assert loss_fn(X, Y, self_index=torch.full((6,), -1)).item() >= 0
+VALID_EDGE_CASES = {
+    "one class: only positives": (Y * 0, {}),
+    "singleton classes: only negatives": (torch.arange(6), {}),
+    "int32 labels": (Y.int(), {}),
+    "empty reference set": (Y, {"ref_emb": torch.randn(0, 4), "ref_labels": Y[:0]}),
+    "self_index -1: the self pair is kept": (Y, {"self_index": torch.full((6,), -1)}),
+}
+
+
+@pytest.mark.parametrize("case", VALID_EDGE_CASES)
+@pytest.mark.parametrize("gradient", ["paper", "autograd"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_valid_edge_cases_match_the_naive_reference(case, gradient, dtype, rtol):
+    labels, kwargs = VALID_EDGE_CASES[case]
+    x = X.to(dtype)
+    ref_emb = kwargs.get("ref_emb")
+    naive = naive_rll(
+        X.double().numpy(), labels.tolist(),
+        None if ref_emb is None else ref_emb.double().numpy(),
+        None if ref_emb is None else kwargs["ref_labels"].tolist(),
+        None if "self_index" not in kwargs else kwargs["self_index"].tolist(),
+    )  # fmt: skip
+    want_per_query, _ = expected(naive, "none")
+    want_loss, want_grad = expected(naive, "mean")
+    if case.startswith("one class"):
+        assert np.all(naive["nN"] == 0) and naive["nP"].sum() > 0
+    if case.startswith("singleton"):
+        assert np.all(naive["nP"] == 0) and naive["nN"].sum() > 0
+
+    xx = x.clone().requires_grad_(True)
+    loss_fn = RankedListLoss(gradient=gradient)
+    loss = loss_fn(xx, labels, **{k: (v.to(dtype) if k == "ref_emb" else v)
+                                  for k, v in kwargs.items()})  # fmt: skip
+    assert loss.item() == pytest.approx(float(want_loss), rel=rtol, abs=1e-12)
+    assert loss_fn.last_stats["active_pos"] == pytest.approx(naive["nP"].mean())
+    assert loss_fn.last_stats["active_neg"] == pytest.approx(naive["nN"].mean())
+    assert loss_fn.last_stats["nonzero_frac"] == pytest.approx((want_per_query > 0).mean())
+    if gradient == "paper":  # the naive gradient is the paper's closed form
+        loss.backward()
+        np.testing.assert_allclose(xx.grad.double().numpy(), want_grad, rtol=rtol * 10,
+                                   atol=1e-12 if dtype == torch.float64 else 1e-6)  # fmt: skip
+    per_query = RankedListLoss(gradient=gradient, reduction="none")(
+        x, labels, **{k: (v.to(dtype) if k == "ref_emb" else v) for k, v in kwargs.items()}
+    )
+    np.testing.assert_allclose(per_query.double().numpy(), want_per_query, rtol=rtol, atol=1e-12)

@@ -1,6 +1,8 @@
 """Computational kernels of the Ranked List Loss (private).
 
-Two implementations of the same loss (see ``docs`` and ``rll-spec.md`` sections 2-4):
+Two implementations of the same loss, the Ranked List Loss of Wang et al. (CVPR 2019, extended in
+TPAMI 2021); the options and numerics are described in the package README and
+``docs/ARCHITECTURE.md``:
 
 * :class:`PaperRankedList`, a ``torch.autograd.Function`` for ``gradient="paper"``. The weights are
   constants and the gallery is detached, so the gradient of query i depends only on its own ranked
@@ -19,6 +21,7 @@ need: active counts and ``log S+`` / ``log S-`` (the raw weight sums, kept in lo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass
@@ -27,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["HyperParameters", "PaperRankedList", "autograd_rows", "official_weights"]
+__all__ = [
+    "HyperParameters",
+    "PaperRankedList",
+    "auto_chunk_rows",
+    "autocast_disabled",
+    "autograd_rows",
+    "official_weights",
+]
 
 # Elements of one c x M work buffer. On CPU about 16 MB per float32 buffer keeps the six buffers of
 # a chunk close to the L3 cache; the first-touch cost of freshly allocated large tensors (page
@@ -60,6 +70,19 @@ class HyperParameters:
     def b(self) -> float:
         """The positive boundary ``alpha - margin``."""
         return self.alpha - self.margin
+
+
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that turns off an enclosing autocast region for ``device``'s type.
+
+    The loss needs float32 distances at least: autocast would run its matrix products in
+    float16/bfloat16, moving pairs across the boundaries alpha and alpha - m.
+    """
+    is_available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    available = is_available(device.type) if is_available else device.type in ("cpu", "cuda")
+    if available:
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _exp_limit(dtype: torch.dtype) -> float:
@@ -152,7 +175,9 @@ class PaperRankedList(torch.autograd.Function):
         grad = torch.empty(n, dim, dtype=dtype, device=device) if need_grad else None
 
         limit = _exp_limit(dtype)
-        shift_neg = hp.Tn * hp.alpha > limit
+        # An empty reference set (a memory bank that has not filled yet) has nothing to shift by
+        # (amax over zero columns raises): every set is empty and the loss and gradient are 0.
+        shift_neg = hp.Tn * hp.alpha > limit and m > 0
         shift_pos = False
         if hp.Tp > 0 and m > 0:
             # Triangle inequality bounds every distance, hence every positive exponent.
@@ -319,8 +344,11 @@ def _masked_weighted_mean(
     Differentiable everywhere (also through the weights); an empty row gives 0 and ``-inf``.
     """
     logits = logits.masked_fill(~mask, -math.inf)
-    shift = logits.detach().amax(1, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    if logits.shape[1] == 0:  # an empty reference set: amax over zero columns raises
+        shift = logits.new_zeros(logits.shape[0], 1)
+    else:
+        shift = logits.detach().amax(1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     e = torch.exp(logits - shift)  # exactly 0 off the mask, with a zero gradient there
     s = e.sum(1)
     has = s > 0
@@ -328,6 +356,29 @@ def _masked_weighted_mean(
     mean = (e * values).sum(1) / s_safe
     log_s = torch.where(has, shift.squeeze(1) + torch.log(s_safe), torch.full_like(s, -math.inf))
     return mean, log_s
+
+
+class _GramProduct(torch.autograd.Function):
+    """``a @ b.T`` whose backward products also run with autocast off.
+
+    The forward pass already runs with autocast off, but the autograd engine runs the backward
+    pass under the autocast state of the ``backward()`` call: called inside an autocast region, it
+    would compute the two gradient products of a plain ``a @ b.T`` in float16/bfloat16. Double
+    backward still works (the backward is made of differentiable operations).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, b)
+        return a @ b.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        with autocast_disabled(grad.device):
+            grad_a = grad @ b if ctx.needs_input_grad[0] else None
+            grad_b = grad.T @ a if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
 
 
 def autograd_rows(
@@ -341,7 +392,7 @@ def autograd_rows(
     """Fully differentiable per-query ``L_P, L_N, n_pos, n_neg, log S+, log S-``."""
     sqq = (xq * xq).sum(1)
     sqg = (g * g).sum(1)
-    d2 = (sqq.unsqueeze(1) + sqg.unsqueeze(0) - 2.0 * (xq @ g.T)).clamp_min(0.0)
+    d2 = (sqq.unsqueeze(1) + sqg.unsqueeze(0) - 2.0 * _GramProduct.apply(xq, g)).clamp_min(0.0)
     nonzero = d2 > 0
     # sqrt with a zero gradient at 0 instead of inf (the self pair, duplicates).
     dist = torch.where(nonzero, torch.where(nonzero, d2, torch.ones_like(d2)).sqrt(), 0.0)

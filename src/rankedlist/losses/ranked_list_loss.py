@@ -1,4 +1,4 @@
-"""The Ranked List Loss (Wang et al., CVPR 2019 / TPAMI 2021), exactly as ``rll-spec.md`` states.
+"""The Ranked List Loss (Wang et al., CVPR 2019; extended in TPAMI 2021), as the paper defines it.
 
 For query i with label y_i, distances d_ij = ||f_i - f_j|| between L2-normalised embeddings and
 b = alpha - margin:
@@ -14,6 +14,8 @@ Example::
     loss = loss_fn(embeddings, labels)  # embeddings (N, D) any float dtype, labels (N,) integers
     loss.backward()
     loss_fn.last_stats  # {"active_pos": ..., "active_neg": ..., "nonzero_frac": ...}
+
+The options and the numerics are described in the package README and ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rankedlist.losses._kernels import (
     HyperParameters,
     PaperRankedList,
     auto_chunk_rows,
+    autocast_disabled,
     autograd_rows,
     official_weights,
 )
@@ -182,13 +185,36 @@ def _ranked_list_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss and its statistics; the options are already validated."""
     x = _check_embeddings("embeddings", embeddings, normalize)
+    # Immune to an enclosing autocast: it would run the distance and gradient products in
+    # float16/bfloat16, and the boundaries alpha, alpha - m and the weights exp(Tn (alpha - d))
+    # need the float32 distances. (Checkpointed chunks recompute under the same, disabled state.)
+    with autocast_disabled(x.device):
+        return _loss_and_stats(
+            x, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
+            chunk_size,
+        )  # fmt: skip
+
+
+def _loss_and_stats(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    ref_emb: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
+    self_index: torch.Tensor | None,
+    hp: HyperParameters,
+    normalize: bool,
+    gradient: str,
+    reduction: str,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`_ranked_list_loss` once the embeddings ``x`` are checked, with autocast off."""
     n = x.shape[0]
     if n == 0:
         raise ValueError("embeddings must contain at least one row (an empty batch has no loss)")
     device = x.device
     labels = _check_labels("labels", labels, n, "embeddings", device)
 
-    self_ref = ref_emb is None or ref_emb is embeddings
+    self_ref = ref_emb is None or ref_emb is x
     if ref_emb is None:
         if ref_labels is not None:
             raise ValueError("ref_labels was given without ref_emb; pass both or neither")
@@ -307,7 +333,8 @@ class RankedListLoss(nn.Module):
 
     Args:
         margin: m >= 0; positives must lie within ``alpha - m`` of the query.
-        alpha: > 0, the negative boundary; ``None`` means ``1 + margin / 2``.
+        alpha: > 0, the negative boundary; ``None`` means ``1 + margin / 2``, following later
+            changes of ``margin``.
         Tn: >= 0, temperature of the negative weights ``exp(Tn (alpha - d))``.
         Tp: >= 0, temperature of the positive weights ``exp(Tp (d - (alpha - m)))`` (0: plain mean).
         lam: >= 0, weight of the negative term: ``L = L_P + lam L_N``.
@@ -330,8 +357,12 @@ class RankedListLoss(nn.Module):
     index: the diagonal when ``ref_emb`` is None or is ``embeddings``, else the rows given by
     ``self_index`` (LongTensor of length N, -1 for none; distributed training passes
     ``rank * n_local + arange(n_local)``). The returned loss is float32 (float64 for float64
-    input). After each call ``last_stats`` holds the mean numbers of active positives and
-    negatives per query and the fraction of queries with a non-zero loss.
+    input), whatever the enclosing autocast region: the loss turns autocast off for itself. After
+    each call ``last_stats`` holds the mean numbers of active positives and negatives per query and
+    the fraction of queries with a non-zero loss.
+
+    Every argument is also an attribute that may be changed later (``loss_fn.margin = 0.2``); a new
+    value is validated like the constructor's, and a bad one raises and changes nothing.
     """
 
     def __init__(
@@ -347,19 +378,107 @@ class RankedListLoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        self._hp = _check_options(
-            margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size
-        )
-        self.margin = self._hp.margin
-        self.alpha = self._hp.alpha
-        self.Tn = self._hp.Tn
-        self.Tp = self._hp.Tp
-        self.lam = self._hp.lam
-        self.normalize = normalize
-        self.gradient = gradient
-        self.reduction = reduction
-        self.chunk_size = chunk_size
+        self._options: dict[str, object] = {}
+        self._hp: HyperParameters
+        self._configure(
+            margin=margin, alpha=alpha, Tn=Tn, Tp=Tp, lam=lam, normalize=normalize,
+            gradient=gradient, reduction=reduction, chunk_size=chunk_size,
+        )  # fmt: skip
         self.last_stats: dict[str, float] = {}
+
+    def _configure(self, **changes: object) -> None:
+        """Validate the options with ``changes`` applied, then store them (none on error)."""
+        options = {**self._options, **changes}
+        hp = _check_options(**options)
+        # An alpha given as None stays None, so that it keeps following the margin.
+        options.update(margin=hp.margin, Tn=hp.Tn, Tp=hp.Tp, lam=hp.lam)
+        if options["alpha"] is not None:
+            options["alpha"] = hp.alpha
+        self._options, self._hp = options, hp
+
+    # The options are properties so that a change is validated at once and alpha = None keeps
+    # meaning 1 + margin / 2 (a plain attribute would keep the constructor's margin).
+
+    @property
+    def margin(self) -> float:
+        """m >= 0: positives must lie within ``alpha - margin`` of the query."""
+        return self._hp.margin
+
+    @margin.setter
+    def margin(self, value: float) -> None:
+        self._configure(margin=value)
+
+    @property
+    def alpha(self) -> float:
+        """The negative boundary in use: the given value, or ``1 + margin / 2`` if it was None."""
+        return self._hp.alpha
+
+    @alpha.setter
+    def alpha(self, value: float | None) -> None:
+        self._configure(alpha=value)
+
+    @property
+    def Tn(self) -> float:
+        """Temperature of the negative weights."""
+        return self._hp.Tn
+
+    @Tn.setter
+    def Tn(self, value: float) -> None:
+        self._configure(Tn=value)
+
+    @property
+    def Tp(self) -> float:
+        """Temperature of the positive weights."""
+        return self._hp.Tp
+
+    @Tp.setter
+    def Tp(self, value: float) -> None:
+        self._configure(Tp=value)
+
+    @property
+    def lam(self) -> float:
+        """Weight of the negative term."""
+        return self._hp.lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self._configure(lam=value)
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the embeddings (and the reference set) are L2-normalised first."""
+        return self._options["normalize"]  # type: ignore[return-value]
+
+    @normalize.setter
+    def normalize(self, value: bool) -> None:
+        self._configure(normalize=value)
+
+    @property
+    def gradient(self) -> str:
+        """``"paper"`` or ``"autograd"``."""
+        return self._options["gradient"]  # type: ignore[return-value]
+
+    @gradient.setter
+    def gradient(self, value: str) -> None:
+        self._configure(gradient=value)
+
+    @property
+    def reduction(self) -> str:
+        """``"mean"``, ``"none"`` or ``"official"``."""
+        return self._options["reduction"]  # type: ignore[return-value]
+
+    @reduction.setter
+    def reduction(self, value: str) -> None:
+        self._configure(reduction=value)
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Query rows processed at once (``None``: automatic)."""
+        return self._options["chunk_size"]  # type: ignore[return-value]
+
+    @chunk_size.setter
+    def chunk_size(self, value: int | None) -> None:
+        self._configure(chunk_size=value)
 
     def forward(
         self,
@@ -370,20 +489,16 @@ class RankedListLoss(nn.Module):
         self_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of ``embeddings`` ranked against ``ref_emb`` (default: the batch itself)."""
-        # Re-validate: the attributes are public and may have been changed after construction.
-        hp = _check_options(
-            self.margin, self.alpha, self.Tn, self.Tp, self.lam, self.normalize, self.gradient,
-            self.reduction, self.chunk_size,
-        )  # fmt: skip
         loss, self.last_stats = _ranked_list_loss(
-            embeddings, labels, ref_emb, ref_labels, self_index, hp, self.normalize,
+            embeddings, labels, ref_emb, ref_labels, self_index, self._hp, self.normalize,
             self.gradient, self.reduction, self.chunk_size,
         )  # fmt: skip
         return loss
 
     def extra_repr(self) -> str:
+        alpha = f"{self.alpha} (1 + margin/2)" if self._options["alpha"] is None else self.alpha
         return (
-            f"margin={self.margin}, alpha={self.alpha}, Tn={self.Tn}, Tp={self.Tp}, "
+            f"margin={self.margin}, alpha={alpha}, Tn={self.Tn}, Tp={self.Tp}, "
             f"lam={self.lam}, normalize={self.normalize}, gradient={self.gradient!r}, "
             f"reduction={self.reduction!r}, chunk_size={self.chunk_size}"
         )
