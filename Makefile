@@ -24,7 +24,7 @@ test: lint
 	$(BIN)/python -m pytest -n 2 -q tests
 
 demo: $(STAMP)
-	$(BIN)/rankedlist train --config configs/glyphs.yaml
+	$(BIN)/rankedlist train --config configs/glyphs.yaml --overwrite
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py

@@ -8,6 +8,7 @@ the target; the rename is made durable by fsyncing the folder.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,12 +52,40 @@ def atomic_write(
             os.fsync(fh.fileno())
         os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it private; ours are not
         os.replace(tmp_name, path)
+    except OSError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            # A write() that fails (ENOSPC) names no file; the user needs to know which one.
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         # Whatever interrupted the write (an exception, KeyboardInterrupt), drop the partial file.
         Path(tmp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
+
+
+def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed :func:`atomic_write` left in ``folder``.
+
+    A SIGKILL between ``mkstemp`` and the rename leaves ``.NAME.XXXXXXXX.tmp`` behind (the
+    target itself is intact). Call this when nothing else writes to ``folder``, e.g. when a run
+    starts. Returns the removed paths.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.glob(".*.tmp"):
+        if _TEMPORARY.fullmatch(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+# mkstemp's random part is 8 characters of [a-z0-9_].
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -87,7 +87,46 @@ def test_non_finite_loss_raises_before_the_weights_change():
     before = [p.detach().clone() for p in model.parameters()]
     x = torch.randn(4, 3)
     x[0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="nan"):
+    # The loss never sees the NaN (its input check would raise a ValueError that names no
+    # iteration, and under DDP before the step's collective).
+    with pytest.raises(NonFiniteLossError, match="embeddings are not finite .head low, high."):
         train_one_step(model, losses, x, torch.arange(4), optimizer, scaler, config,
                        DistributedContext())  # fmt: skip
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+class Rigged(nn.Module):
+    """A loss that is finite in value but whose gradient (or value) is not."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, embeddings, labels):
+        if self.kind == "inf loss":
+            return embeddings.sum() * 0 + float("inf")
+        # d/dx sqrt(0 * x) = 0 * inf = nan, while the value is 0.
+        return (embeddings * 0).sqrt().sum()
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [("inf loss", "the loss is not finite"), ("nan gradient", "the gradients are not finite")],
+)
+def test_non_finite_loss_or_gradient_stops_before_the_weights_change(kind, match):
+    model, _, optimizer, scaler, config = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = {"low": Rigged(kind), "high": Rigged(kind)}
+    with pytest.raises(NonFiniteLossError, match=match):
+        train_one_step(model, losses, torch.randn(4, 3), torch.arange(4), optimizer, scaler,
+                       config, DistributedContext())  # fmt: skip
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_an_update_that_explodes_the_weights_stops():
+    model, losses, optimizer, scaler, config = _setup()
+    for group in optimizer.param_groups:
+        group["lr"] = 1e30  # finite loss and gradients, weights of about 1e30 after the step
+    with pytest.raises(NonFiniteLossError, match=r"exploded the parameters \(max \|w\| = "):
+        train_one_step(model, losses, torch.randn(4, 3), torch.arange(4), optimizer, scaler,
+                       config, DistributedContext())  # fmt: skip

@@ -8,6 +8,7 @@ Exit codes: 0 success (or a run stopped by ``--stop-after``); 1 the loss became 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -98,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         "without --config the checkpoint's own config is used",
     )
     train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train.run_dir already holds a run: delete that run's files and start again",
+    )
+    train.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept changed keys that alter the computation (e.g. a lower "
+        "optim.lr after a divergence); the model, dataset and loss cannot change",
+    )
+    train.add_argument(
         "--stop-after",
         type=int,
         default=None,
@@ -130,6 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose next token is their value (never a config override, even if it holds "=").
+_VALUE_OPTIONS = frozenset(
+    {"--config", "-c", "--checkpoint", "--split", "--device", "--output", "--stop-after"}
+)
+_COMMANDS_WITH_OVERRIDES = ("train", "evaluate", "show-config")
+
+
+def _hoist_overrides(argv: Sequence[str]) -> list[str]:
+    """Move every ``key=value`` override right after the command word.
+
+    argparse fills a ``nargs="*"`` positional only from one run of positionals, so overrides
+    after an option (``--resume data.p=16 train.log_every=1``) would be "unrecognized"; and
+    ``--resume`` takes an optional path, so it would swallow the first override. Hoisted, any
+    order of options and overrides parses the same.
+    """
+    argv = list(argv)
+    start = next((i for i, a in enumerate(argv) if a in _COMMANDS_WITH_OVERRIDES), None)
+    if start is None:
+        return argv
+    head, rest = argv[: start + 1], argv[start + 1 :]
+    overrides, others = [], []
+    for i, item in enumerate(rest):
+        previous = rest[i - 1] if i else ""
+        is_value = previous in _VALUE_OPTIONS or (previous == "--resume" and Path(item).exists())
+        if "=" in item and not item.startswith("-") and not is_value:
+            overrides.append(item)
+        else:
+            others.append(item)
+    return head + overrides + others
+
+
 def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
     """Turn ``--data.root /x`` and ``--data.root=/x`` into ``data.root=/x`` (no real option
     has a dot in its name, so a dotted one is always a config key)."""
@@ -159,9 +202,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rankedlist.training.train import main as train_main
 
     resume = None
-    if args.resume and "=" in args.resume and not Path(args.resume).exists():
-        # `--resume key=value`: argparse gave the first override to the optional PATH.
-        args.overrides, args.resume = [args.resume, *args.overrides], ""
     if args.config is not None:
         config = load_config(find_recipe(args.config), args.overrides)
         if args.resume is not None:
@@ -175,7 +215,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         raise ValueError("train needs --config PATH (or --resume PATH of a checkpoint)")
 
-    result = train_main(config, resume=resume, stop_after=args.stop_after)
+    result = train_main(
+        config,
+        resume=resume,
+        stop_after=args.stop_after,
+        overwrite=args.overwrite,
+        allow_config_change=args.allow_config_change,
+    )
     if result.status == "interrupted":
         return 128 + int(result.signal or signal.SIGINT)
     return 0
@@ -237,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv = _dashed_to_overrides(argv)
+        argv = _hoist_overrides(_dashed_to_overrides(argv))
     except ValueError as exc:
         print(f"rankedlist: error: {exc}", file=sys.stderr)
         return _EXIT_USAGE
@@ -251,18 +297,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except Exception as exc:
-        from rankedlist.models.pretrained import PretrainedWeightsError
-        from rankedlist.training.train import NonFiniteLossError
-
         if args.debug:
             raise
-        if isinstance(exc, NonFiniteLossError):
-            print(f"error: {exc}", file=sys.stderr)
-            return _EXIT_NONFINITE
-        if isinstance(exc, (ValueError, TypeError, FileNotFoundError, PretrainedWeightsError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return _EXIT_USAGE
-        raise
+        message, code = _describe_error(exc, args.command)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
+
+def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
+    """One line for an error a user can fix (and the exit code), or None for a bug."""
+    from rankedlist.data import CorruptImageError
+    from rankedlist.models.pretrained import PretrainedWeightsError
+    from rankedlist.training.train import NonFiniteLossError, RunInterrupted
+
+    if isinstance(exc, NonFiniteLossError):
+        return str(exc), _EXIT_NONFINITE
+    if isinstance(exc, RunInterrupted):
+        return str(exc), 128 + int(exc.signum)
+    if isinstance(exc, CorruptImageError):
+        path = getattr(exc, "path", None)
+        if command == "train" and path is not None:
+            reason = getattr(exc, "reason", None) or "unreadable"
+            return (
+                f"cannot decode image {path} ({reason}); replace or delete the file, or set "
+                "data.options.skip_corrupt=true to leave unreadable images out with a warning",
+                _EXIT_USAGE,
+            )
+        return _one_line(exc), _EXIT_USAGE
+    if isinstance(exc, (ValueError, TypeError, FileNotFoundError, PretrainedWeightsError)):
+        return _one_line(exc), _EXIT_USAGE
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        return f"{_DISK_ERRORS[exc.errno]}{where}; {_DISK_FIX}", _EXIT_USAGE
+    return None, 1
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+_DISK_FIX = (
+    "free some space or choose a writable folder (train.run_dir=PATH, --out); files written "
+    "before stay intact, and a training run continues from its last checkpoint with --resume"
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (some library messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

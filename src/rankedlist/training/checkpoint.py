@@ -8,7 +8,9 @@ file behind.
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,17 @@ import torch
 from rankedlist.atomic_write import atomic_write
 
 __all__ = [
+    "EXPLODED",
+    "CheckpointError",
     "capture_rng_state",
+    "checkpoint_health",
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
 ]
+
+#: Parameters beyond this magnitude count as exploded: no checkpoint is written with them.
+EXPLODED = 1e12
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -42,12 +50,62 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(
             f"checkpoint {path} not found; pass a .pt file or a run folder that holds last.pt"
         )
-    # weights_only=False: the checkpoint holds numpy/python RNG states and the config dict,
-    # and is only ever read from a run folder the user wrote.
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {_CORRUPT_FIX}")
+    try:
+        # weights_only=False: the checkpoint holds numpy/python RNG states and the config dict,
+        # and is only ever read from a run folder the user wrote.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except MemoryError:
+        raise
+    except Exception as err:  # torch.load raises many types for a damaged zip/pickle
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (truncated or not a checkpoint: {reason}); "
+            f"{_CORRUPT_FIX}"
+        ) from err
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a rankedlist checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path} is not a rankedlist checkpoint (no 'model' entry)")
     return state
+
+
+_CORRUPT_FIX = (
+    "use another checkpoint of the run (best.pt, or an earlier copy) or train again into a new "
+    "train.run_dir (or with --overwrite)"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but is empty, truncated or not a rankedlist checkpoint."""
+
+
+def checkpoint_health(state_tensors: Any, limit: float = EXPLODED) -> str | None:
+    """``None`` when every floating tensor in ``state_tensors`` is finite with ``|x| <= limit``,
+    else a short description of the first offender (``"model.fc.weight: max |x| = 5e+28"``).
+
+    ``state_tensors`` is any nesting of dicts, lists and tensors (a ``state_dict``, an
+    optimizer's state). Exploded weights are refused like non-finite ones: a checkpoint holding
+    them diverges again at once when resumed.
+    """
+    for name, tensor in _floating_tensors(state_tensors, ""):
+        if tensor.numel() == 0:
+            continue
+        peak = float(tensor.detach().abs().max())
+        if not math.isfinite(peak) or peak > limit:
+            return f"{name}: max |x| = {peak:.3g}"
+    return None
+
+
+def _floating_tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield prefix or "tensor", obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _floating_tensors(value, f"{prefix}[{i}]")
 
 
 def capture_rng_state() -> dict[str, Any]:

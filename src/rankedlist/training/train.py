@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import signal
 import sys
@@ -36,20 +37,35 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from rankedlist.atomic_write import atomic_write_text, remove_orphan_temporaries
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.amp import autocast, make_grad_scaler
 from rankedlist.training.checkpoint import (
+    EXPLODED,
     capture_rng_state,
+    checkpoint_health,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from rankedlist.training.config import Config, config_from_dict, save_config
+from rankedlist.training.health import NonFiniteLossError, divergence_message, is_healthy, max_abs
 from rankedlist.training.optim import build_optimizer, build_scheduler
+from rankedlist.training.run_folder import (
+    CHANGES_FILE,
+    RunExistsError,
+    check_resume_config,
+    existing_run_files,
+    record_config_changes,
+    refuse_existing_run,
+    remove_run,
+)
 
 __all__ = [
     "NonFiniteLossError",
     "Run",
+    "RunExistsError",
+    "RunInterrupted",
     "TrainResult",
     "build_run",
     "evaluate",
@@ -64,10 +80,6 @@ __all__ = [
 ]
 
 FUSED = "fused"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
 
 
 @dataclass
@@ -217,35 +229,66 @@ def train_one_step(
 ) -> tuple[dict[str, float], bool]:
     """One optimisation step; returns (logged values, stop agreed by every rank).
 
-    Raises :class:`NonFiniteLossError` before touching the weights when the loss is not finite.
+    Raises :class:`NonFiniteLossError` on every rank at once when any rank's embeddings, loss or
+    gradients are not finite, or when the update explodes the parameters (``|w| > 1e12``).
+    The message names only what went wrong; :func:`train_loop` adds the iteration and the way on.
     """
     model.train()
     with autocast(config.train.amp, ctx.device):
         outputs = model(images)
     # The losses run in float32: their exp weights overflow float16 (see rankedlist.losses).
-    parts = {head: fn(outputs[head].float(), labels) for head, fn in losses.items()}
+    outputs = {head: out.float() for head, out in outputs.items()}
+    bad_heads = [head for head in losses if not bool(torch.isfinite(outputs[head]).all())]
+    for head in bad_heads:
+        # Zeros stand in so every rank still calls the loss (a global-batch loss gathers inside):
+        # a rank that raised here would leave the others waiting in that collective.
+        outputs[head] = torch.nan_to_num(outputs[head], nan=0.0, posinf=0.0, neginf=0.0)
+    parts = {head: fn(outputs[head], labels) for head, fn in losses.items()}
     loss = sum(parts.values())
-    # One collective per step: the stop flags every rank must agree on, and the logged losses
+    # One collective per step: the flags every rank must agree on, and the logged losses
     # (each rank's loss is its share of the global batch's; their mean is the global loss).
-    local = [0.0 if torch.isfinite(loss) else 1.0, float(stop_requested)]
+    local = [float(bool(bad_heads)), float(not torch.isfinite(loss)), float(stop_requested)]
     shared = dist_utils.all_reduce_mean(
         torch.tensor(local + [float(v.detach()) for v in parts.values()], dtype=torch.float64), ctx
     )
     if shared[0] > 0:
-        raise NonFiniteLossError(f"loss = {sum(shared[2:].tolist())}")
+        where = f" (head {', '.join(bad_heads)})" if bad_heads else " on another process"
+        raise NonFiniteLossError(f"the embeddings are not finite{where}")
+    if shared[1] > 0:
+        raise NonFiniteLossError(f"the loss is not finite (loss = {sum(shared[3:].tolist())})")
 
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     values: dict[str, float] = {}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     if config.optim.clip_grad_norm is not None:
         scaler.unscale_(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, config.optim.clip_grad_norm)
         values["grad_norm"] = float(norm)
-    scaler.step(optimizer)
-    scaler.update()
+    # With a float16 GradScaler an inf gradient is routine (the scaler skips that step and lowers
+    # its scale); without one it means divergence.
+    grad_peak = 0.0 if scaler.is_enabled() else max_abs(p.grad for p in params)
+    if math.isfinite(grad_peak):
+        scaler.step(optimizer)
+        scaler.update()
+    param_peak = max_abs(params)
+    # The gradients of DDP parameters are all-reduced, so these agree across ranks; loss
+    # parameters (proxies) are not, so the flags are shared anyway (one tiny collective).
+    flags = dist_utils.all_reduce_mean(
+        torch.tensor(
+            [float(not math.isfinite(grad_peak)), float(not is_healthy(param_peak))],
+            dtype=torch.float64,
+        ),
+        ctx,
+    )
+    if flags[0] > 0:
+        raise NonFiniteLossError("the gradients are not finite")
+    if flags[1] > 0:
+        raise NonFiniteLossError(
+            f"the update exploded the parameters (max |w| = {param_peak:.3g}, limit {EXPLODED:g})"
+        )
 
-    head_losses = dict(zip(parts, shared[2:].tolist(), strict=True))
+    head_losses = dict(zip(parts, shared[3:].tolist(), strict=True))
     values["loss"] = sum(head_losses.values())
     stats: dict[str, list[float]] = {}
     for head, fn in losses.items():
@@ -256,7 +299,7 @@ def train_one_step(
             if len(losses) > 1:
                 values[f"{key}/{head}"] = float(value)
     values.update({key: sum(v) / len(v) for key, v in stats.items()})  # mean over heads
-    return values, bool(shared[1] > 0)
+    return values, bool(shared[2] > 0)
 
 
 # =========================================================================== 3. evaluation
@@ -371,7 +414,8 @@ class Run:
     epoch: int = 0
     batch: int = 0  # batches of `epoch` done
     best: dict[str, Any] = field(default_factory=dict)  # metric, value, iteration
-    saved_at: int | None = None  # iteration of the last checkpoint written
+    saved_at: int | None = None  # iteration of the last full checkpoint written (or resumed)
+    saved_path: Path | None = None  # and its file
 
     @property
     def run_dir(self) -> Path:
@@ -425,14 +469,31 @@ class Run:
         self.saved_at = self.iteration
 
     def save(self, name: str = "last.pt", weights_only: bool = False) -> Path:
-        """Write a checkpoint on rank 0, atomically; the other ranks wait for it."""
+        """Write a checkpoint on rank 0, atomically; the other ranks wait for it.
+
+        Raises :class:`NonFiniteLossError` on every rank, writing nothing, when the parameters or
+        the optimizer state are not finite or have exploded: the previous checkpoint stays the
+        last good one.
+        """
         path = self.run_dir / name
+        problem = checkpoint_health(
+            {
+                "model": dist_utils.unwrap_model(self.model).state_dict(),
+                "losses": self.losses.state_dict(),
+                **({} if weights_only else {"optimizer": self.optimizer.state_dict()["state"]}),
+            }
+        )
+        bad = dist_utils.all_reduce_mean(torch.tensor([float(problem is not None)]), self.ctx)
+        if bad[0] > 0:
+            raise NonFiniteLossError(
+                f"{name} not written: {problem or 'another process holds bad values'}"
+            )
         state = self.state_dict(weights_only)
         if self.ctx.is_main:
             save_checkpoint(state, path)
         dist_utils.barrier(self.ctx)  # nobody runs ahead of (or reads) a half-written file
         if not weights_only:
-            self.saved_at = self.iteration
+            self.saved_at, self.saved_path = self.iteration, path
         return path
 
 
@@ -465,20 +526,32 @@ class RunLog:
         # On resume, drop what was logged after the checkpoint: it is about to be redone.
         if self.path.exists():
             kept = [r for r in self.records() if r.get("step", 0) <= iteration]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # Atomic: a crash here must not lose the history that is kept.
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-append (or a blank one): not a record
+        return out
 
     def write(self, step: int, values: Mapping[str, Any], split: str | None = None) -> None:
         """One record ``{"step": step, ...}``; ``split`` prefixes the keys (``val/recall@1``)."""
         if not self.active:
             return
         record = {"step": step, **{(f"{split}/{k}" if split else k): v for k, v in values.items()}}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk names no file on write(); the user needs it
+            if err.filename is None and err.errno is not None:
+                raise OSError(err.errno, err.strerror, str(self.path)) from err
+            raise
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -685,17 +758,7 @@ def train_loop(run: Run, log: RunLog, stop_after: int | None = None) -> int | No
                     stop_requested=flag["signal"] is not None,
                 )  # fmt: skip
             except NonFiniteLossError as exc:
-                kept = (
-                    f"the last good checkpoint is {run.run_dir / 'last.pt'} "
-                    f"(iteration {run.saved_at})"
-                    if run.saved_at is not None
-                    else "no checkpoint had been written yet"
-                )
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {run.iteration + 1}: {exc}; training "
-                    f"stopped and {kept}. Lower optim.lr, set optim.clip_grad_norm, or use "
-                    "train.amp=none"
-                ) from None
+                raise _diverged(run, run.iteration + 1, exc) from None
             values["lr"] = run.optimizer.param_groups[0]["lr"]  # the rate this step used
             run.scheduler.step()
             run.iteration, run.batch = run.iteration + 1, run.batch + 1
@@ -703,19 +766,37 @@ def train_loop(run: Run, log: RunLog, stop_after: int | None = None) -> int | No
                 run.epoch, run.batch = run.epoch + 1, 0
             log.step(run, values, images.shape[0] * run.ctx.world_size)
 
-            if run.val_set is not None and (
-                run.iteration == t.iterations
-                or (t.eval_every and run.iteration % t.eval_every == 0)
-            ):
-                validate(run, log)
             periodic = t.checkpoint_every and run.iteration % t.checkpoint_every == 0
-            if stop or periodic or run.iteration >= end:
-                run.save()
+            try:
+                if run.val_set is not None and (
+                    run.iteration == t.iterations
+                    or (t.eval_every and run.iteration % t.eval_every == 0)
+                ):
+                    validate(run, log)
+                if stop or periodic or run.iteration >= end:
+                    run.save()
+            except NonFiniteLossError as exc:
+                raise _diverged(run, run.iteration, exc) from None
             if stop:
                 return flag["signal"]
             if run.iteration >= end:
                 return None
     raise AssertionError("unreachable: the training loader never ends")
+
+
+def _diverged(run: Run, iteration: int, exc: Exception) -> NonFiniteLossError:
+    """The divergence error with the iteration, the last good checkpoint and the remedies."""
+    return NonFiniteLossError(
+        divergence_message(
+            iteration,
+            str(exc),
+            run.saved_path,
+            run.saved_at,
+            lr=run.config.optim.lr,
+            clip_grad_norm=run.config.optim.clip_grad_norm,
+            amp=run.config.train.amp,
+        )
+    )
 
 
 def test_and_report(run: Run, log: RunLog) -> tuple[dict[str, dict[str, float]], dict]:
@@ -787,15 +868,28 @@ def main(
     *,
     resume: str | Path | None = None,
     stop_after: int | None = None,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
 ) -> TrainResult:
     """Train, select on validation, test once, report.
 
     Args:
         config: a :class:`Config` (or a mapping that :func:`config_from_dict` accepts).
         resume: a checkpoint (``last.pt``) or a run folder to continue from; the world size must
-            be the one that wrote it.
+            be the one that wrote it, and the config may differ from the saved one only in keys
+            that do not change the computation (``train.iterations``, logging, evaluation and
+            checkpoint frequency, ``data.num_workers``, the device, TensorBoard, the report).
         stop_after: stop with a checkpoint once this iteration is done, to be resumed later
             (time-boxed jobs); the test evaluation and the report wait for the final iteration.
+        overwrite: when ``train.run_dir`` already holds a run (and ``resume`` is not given),
+            delete that run's files and start again; without it such a folder is refused.
+        allow_config_change: let a resume change any key but the model, the dataset and the
+            loss (e.g. a lower ``optim.lr`` after a divergence); the change is recorded.
+
+    Raises:
+        RunExistsError: ``train.run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+        NonFiniteLossError: training diverged (the message names the last good checkpoint).
+        RunInterrupted: a signal arrived during the final test evaluation (training is saved).
     """
     if not isinstance(config, Config):
         config = config_from_dict(config)
@@ -812,16 +906,40 @@ def main(
             torch.set_num_threads(config.train.num_threads)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _main(config, ctx, resume, stop_after)
+        return _main(config, ctx, resume, stop_after, overwrite, allow_config_change)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         dist_utils.cleanup_distributed(ctx)
 
 
-def _main(config: Config, ctx, resume, stop_after) -> TrainResult:
+def _prepare_run_dir(config: Config, ctx, resume, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder holding another run; drop the temporary
+    files a killed checkpoint write left. Rank 0 looks, every rank gets the same answer."""
+    run_dir = Path(config.train.run_dir)
+    same_folder = resume is not None and _checkpoint_folder(resume) == run_dir.resolve()
+    found = existing_run_files(run_dir) if ctx.is_main and not same_folder else []
+    found = dist_utils.broadcast_object(found, ctx)
+    if found and not overwrite:
+        raise refuse_existing_run(run_dir, found)
+    if ctx.is_main:
+        if found:
+            remove_run(run_dir)
+            print(f"--overwrite: removed the previous run in {run_dir}", flush=True)
+        remove_orphan_temporaries(run_dir)
+    dist_utils.barrier(ctx)
+
+
+def _checkpoint_folder(resume: str | Path) -> Path:
+    path = Path(resume)
+    return (path if path.is_dir() else path.parent).resolve()
+
+
+def _main(config: Config, ctx, resume, stop_after, overwrite, allow_config_change) -> TrainResult:
     t = config.train
+    _prepare_run_dir(config, ctx, resume, overwrite)
     checkpoint = load_checkpoint(resume) if resume is not None else None
+    changes: dict[str, Any] = {}
     if checkpoint is not None:
         if "optimizer" not in checkpoint:
             raise ValueError(f"{resume} holds model weights only; resume from a run's last.pt")
@@ -830,18 +948,25 @@ def _main(config: Config, ctx, resume, stop_after) -> TrainResult:
                 f"{resume} was written by {checkpoint['world_size']} process(es) but this run has "
                 f"{ctx.world_size}: resume with the same world size (torchrun --nproc_per_node)"
             )
+        changes = check_resume_config(checkpoint["config"], config, resume, allow_config_change)
 
     run = build_run(config, ctx, load_pretrained=checkpoint is None)
     if checkpoint is not None:
         run.load_state_dict(checkpoint)
+        run.saved_path = Path(resume) if not Path(resume).is_dir() else Path(resume) / "last.pt"
         del checkpoint
     if ctx.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run.run_dir / "config.yaml")
+        if changes:
+            record_config_changes(run.run_dir, run.iteration, resume, changes)
     dist_utils.barrier(ctx)
     log = RunLog(run)
     if run.iteration:
         log.message(f"resumed from {resume} at iteration {run.iteration}")
+        if changes:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            log.message(f"config changed on resume (recorded in {CHANGES_FILE}): {listed}")
     else:
         log.message(
             f"training {config.model.name} with {config.loss.name} on {config.data.dataset}: "
@@ -872,21 +997,67 @@ def _main(config: Config, ctx, resume, stop_after) -> TrainResult:
         status = "interrupted" if signum is not None else "stopped"
         return TrainResult(run.run_dir, status, run.iteration, checkpoint=last, signal=signum)
 
-    # The model: best on validation when there is one, else the final iteration.
-    if run.val_set is not None and run.best["iteration"] is not None:
-        weights = load_checkpoint(run.run_dir / "best.pt")["model"] if ctx.is_main else None
-        dist_utils.unwrap_model(run.model).load_state_dict(
-            dist_utils.broadcast_object(weights, ctx)
-        )
-        log.message(
-            f"selected iteration {run.best['iteration']} "
-            f"({run.best['metric']} {run.best['value']:.4f} on val)"
-        )
-    metrics, files = test_and_report(run, log)
+    # Training is complete and saved; a signal from here on must say how to finish the rest.
+    try:
+        with _raise_on_signals():
+            # The model: best on validation when there is one, else the final iteration.
+            if run.val_set is not None and run.best["iteration"] is not None:
+                weights = load_checkpoint(run.run_dir / "best.pt")["model"] if ctx.is_main else None
+                dist_utils.unwrap_model(run.model).load_state_dict(
+                    dist_utils.broadcast_object(weights, ctx)
+                )
+                log.message(
+                    f"selected iteration {run.best['iteration']} "
+                    f"({run.best['metric']} {run.best['value']:.4f} on val)"
+                )
+            metrics, files = test_and_report(run, log)
+    except _Signalled as exc:
+        log.close()
+        raise RunInterrupted(
+            f"interrupted by signal {exc.signum} during the final test evaluation; training is "
+            f"complete and saved in {last} (iteration {run.iteration}), the test metrics and "
+            f"the report were not written. Finish them with: rankedlist train --resume {last}",
+            exc.signum,
+        ) from None
     for name, path in files.items():
         log.message(f"{name}: {path}")
     dist_utils.barrier(ctx)
     return TrainResult(run.run_dir, "completed", run.iteration, metrics, files, last)
+
+
+class RunInterrupted(RuntimeError):
+    """A signal stopped the run after training, before its test metrics and report were written.
+
+    ``signum`` is the signal; the message says what was saved and how to finish.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Signalled(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _raise_on_signals() -> Iterator[None]:
+    """SIGINT/SIGTERM raise at once (there is no step boundary to wait for in an evaluation)."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise _Signalled(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # =========================================================================== 6. re-evaluation
