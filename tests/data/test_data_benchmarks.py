@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rankedlist.data import CorruptImageError, DatasetCountError, get_dataset
+from rankedlist.data import CorruptImageError, DatasetCountError, MissingImagesError, get_dataset
 from rankedlist.data.cars196 import CARS_URL
-from rankedlist.data.cub200 import CUB_URL
+from rankedlist.data.cub200 import CUB_LAYOUT, CUB_URL
 from rankedlist.data.inshop import INSHOP_URL
 from rankedlist.data.sop import SOP_URL
 
@@ -101,6 +101,35 @@ def test_cub_missing_image_file_named_at_load(cub_root: Path) -> None:
     Path(train.paths[3]).unlink()
     with pytest.raises(FileNotFoundError, match=Path(train.paths[3]).name):
         train[3]
+
+
+def test_cub_missing_images_reported_at_construction(cub_root: Path) -> None:
+    base = cub_root / "CUB_200_2011"
+    gone = ["001.Bird_1/Bird_1_2.jpg", "005.Bird_5/Bird_5_0.jpg"]
+    for rel in gone:
+        (base / "images" / rel).unlink()
+    with pytest.raises(MissingImagesError) as err:
+        get_dataset("cub200", cub_root, "train", expected_counts=CUB_COUNTS)
+    assert str(err.value) == (
+        f"cub200/train: 2 of 12 image files do not exist: {base / 'images' / gone[0]}, "
+        f"{base / 'images' / gone[1]}. The copy is incomplete or not in the expected layout "
+        f"({CUB_LAYOUT}); obtain the dataset from {CUB_URL}, or pass skip_corrupt=True to leave "
+        "the missing files out with a warning."
+    )
+    assert err.value.sources == [None, None]
+    test = get_dataset("cub200", cub_root, "test", expected_counts=CUB_COUNTS)  # all there
+    assert len(test) == 7
+
+
+def test_sop_missing_category_folder(sop_root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(sop_root / "chair_final")
+    with pytest.raises(MissingImagesError) as err:
+        get_dataset("sop", sop_root, "test", expected_counts=SOP_COUNTS)
+    assert err.value.missing == [str(sop_root / "chair_final" / f"1004_{j}.JPG") for j in (0, 1)]
+    assert str(err.value).startswith("sop/test: 2 of 5 image files do not exist: ")
+    assert SOP_URL in str(err.value)
 
 
 def test_cub_val_fraction_is_class_disjoint(cub_root: Path) -> None:

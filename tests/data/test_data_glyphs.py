@@ -194,3 +194,25 @@ def test_glyph_val_fraction(glyph_cache: Path, glyph_splits) -> None:
     assert sorted(train.classes + val.classes) == sorted(train_all.classes)
     assert len(val.classes) == len(train_all.classes) // 4
     assert set(val.classes).isdisjoint(test.classes)
+
+
+def test_root_must_exist_and_is_not_created(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "glyphs-root"
+    with pytest.raises(FileNotFoundError) as err:
+        get_dataset("glyphs", root, "train")
+    assert str(err.value) == (
+        f"glyphs: root {root} is not an existing folder. The glyphs are rendered from the fonts "
+        "inside matplotlib and need no root; a root only says where to cache the renders "
+        f"({root / 'glyphs'}). Create the folder, or leave root unset to cache in "
+        f"{glyphs_mod.default_cache_dir() / 'glyphs'}."
+    )
+    assert not (tmp_path / "data").exists()
+
+
+def test_existing_root_holds_the_cache(tmp_path: Path) -> None:
+    # an existing root is the cache folder: its glyphs/ sub-folder is created and filled
+    root = tmp_path / "cache"
+    root.mkdir()
+    kw = {"characters": "ABCDabcd", "min_instances": 2, "image_size": 16}
+    get_dataset("glyphs", root, "train", **kw)
+    assert [p.suffix for p in sorted((root / "glyphs").iterdir())] == [".json", ".npz"]

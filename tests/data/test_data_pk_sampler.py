@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -22,7 +23,15 @@ def epoch_batches(sampler: PKSampler, epoch: int) -> list[list[int]]:
     return list(sampler)
 
 
-@pytest.mark.parametrize("p,k", [(3, 4), (2, 3), (5, 2), (11, 1)])
+@pytest.mark.parametrize(
+    "p,k",
+    [
+        (3, 4),
+        (2, 3),
+        (5, 2),
+        pytest.param(11, 1, marks=pytest.mark.filterwarnings("ignore:PKSampler with k=1")),
+    ],
+)
 def test_every_batch_has_p_classes_of_k(p: int, k: int) -> None:
     sampler = PKSampler(LABELS, p, k, seed=3)
     assert len(sampler) == len(SIZES) // p
@@ -112,3 +121,18 @@ def test_errors() -> None:
         PKSampler(LABELS, 2, 2, world_size=2, rank=2)
     with pytest.raises(ValueError, match="k must be"):
         PKSampler(LABELS, 2, 0)
+
+
+def test_k1_warns_no_positive_pairs() -> None:
+    with pytest.warns(UserWarning) as record:
+        sampler = PKSampler(LABELS, 4, 1)
+    assert [str(w.message) for w in record] == [
+        "PKSampler with k=1: each of the P=4 classes appears once per batch, so no batch holds a "
+        "positive pair and pair-based losses (such as the Ranked List Loss) get no positives; "
+        "use k >= 2"
+    ]
+    assert record[0].filename == __file__  # points at the caller
+    assert all(len(batch) == 4 for batch in sampler)  # still usable (e.g. for proxy losses)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PKSampler(LABELS, 4, 2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,13 @@ from PIL import Image
 
 from rankedlist.data import (
     CorruptImageError,
+    MissingImagesError,
     evaluation_splits,
     get_dataset,
     list_datasets,
     read_rgb,
 )
+from rankedlist.data.image_list_dataset import _missing_files
 from rankedlist.data.splits import val_class_mask
 
 
@@ -111,8 +115,188 @@ def test_csv_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'path' and 'label'"):
         get_dataset("csv", tmp_path / "bad.csv")
     (tmp_path / "split.csv").write_text("path,label,split\na.png,1,training\n")
-    with pytest.raises(ValueError, match="training"):
+    with pytest.raises(ValueError) as err:
         get_dataset("csv", tmp_path / "split.csv")
+    assert str(err.value) == (
+        f"csv: {tmp_path / 'split.csv'}:2: split 'training' is not train, val or test; fix the "
+        "value, or drop the split column for an automatic class-disjoint split"
+    )
+
+
+# The line numbers count the header as line 1, blank lines, and every line of a quoted field
+# that spans lines (as an editor shows them).
+MALFORMED_CSV = {
+    "empty label": (
+        "path,label\nimgs/a.png,x\n\nimgs/b.png,\nimgs/c.png,y\n",
+        "4: the label of imgs/b.png is empty; give the row a class name or number or delete it",
+    ),
+    "whitespace label": (
+        "path,label\nimgs/a.png,x\nimgs/b.png,  \n",
+        "3: the label of imgs/b.png is empty; give the row a class name or number or delete it",
+    ),
+    "empty path": (
+        "path,label\nimgs/a.png,x\n,y\n",
+        "3: the path is empty; give the row an image path or delete it",
+    ),
+    "extra field": (
+        "path,label\nimgs/a.png,x\nimgs/b,c.png,y\n",
+        "3: the row has 3 field(s), the header 2 (path,label); quote a field that contains a "
+        "comma or fix the row",
+    ),
+    "missing field": (
+        "path,label,split\nimgs/a.png,x,train\nimgs/b.png,test\n",
+        "3: the row has 2 field(s), the header 3 (path,label,split); quote a field that contains "
+        "a comma or fix the row",
+    ),
+    "after a multi-line field": (
+        'path,label\n"imgs/a\nb.png",x\nimgs/c.png,\n',
+        "4: the label of imgs/c.png is empty; give the row a class name or number or delete it",
+    ),
+    "repeated column": (
+        "path,label,path\nimgs/a.png,x,y\n",
+        "1: the header names ['path'] more than once; rename or delete the repeated columns",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_CSV))
+def test_csv_malformed_rows_name_file_line_and_fix(tmp_path: Path, case: str) -> None:
+    text, message = MALFORMED_CSV[case]
+    (tmp_path / "list.csv").write_text(text)
+    with pytest.raises(ValueError) as err:
+        get_dataset("csv", tmp_path / "list.csv")
+    assert str(err.value) == f"csv: {tmp_path / 'list.csv'}:{message}"
+
+
+def test_csv_not_utf8_names_line(tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_bytes(b"path,label\nimgs/a.png,x\nimgs/\xe9t\xe9.png,y\n")
+    with pytest.raises(ValueError) as err:
+        get_dataset("csv", tmp_path / "list.csv")
+    assert str(err.value) == (
+        f"csv: {tmp_path / 'list.csv'}:3: not UTF-8 (invalid continuation byte at byte 29); "
+        "save the file as UTF-8 (CSV UTF-8 in a spreadsheet)"
+    )
+
+
+def test_csv_byte_order_mark_and_comma_only_rows(tmp_path: Path, write_image) -> None:
+    # what a spreadsheet writes: a UTF-8 byte-order mark and padding rows of separators
+    for name in ("a", "b"):
+        write_image(tmp_path / f"{name}.png")
+    (tmp_path / "list.csv").write_text("\ufeffpath,label\na.png,x\n,\nb.png,y\n,\n")
+    train = get_dataset("csv", tmp_path / "list.csv", "train")
+    test = get_dataset("csv", tmp_path / "list.csv", "test")
+    assert train.classes == ["x"] and test.classes == ["y"] and len(train) == len(test) == 1
+
+
+def test_csv_missing_images_reported_at_construction(tmp_path: Path, write_image) -> None:
+    rows = ["path,label"]
+    for i in range(9):
+        if i in (0, 4):  # 2 of the 9 files exist
+            write_image(tmp_path / "imgs" / f"{i}.png")
+        rows.append(f"imgs/{i}.png,{i % 2}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(MissingImagesError) as err:
+        get_dataset("csv", tmp_path / "list.csv", "train")  # class 0: rows 0, 2, 4, 6, 8
+    first = [f"{tmp_path / 'imgs' / f'{i}.png'} (line {i + 2} of list.csv)" for i in (2, 6, 8)]
+    assert str(err.value) == (
+        f"csv/train: 3 of 5 image files do not exist: {', '.join(first)}. Relative paths in "
+        f"{tmp_path / 'list.csv'} start from {tmp_path} (the image_root option); correct the "
+        "paths or image_root, or pass skip_corrupt=True to leave the missing files out with a "
+        "warning."
+    )
+    e = err.value
+    assert isinstance(e, FileNotFoundError) and e.dataset == "csv/train" and e.total == 5
+    assert e.missing == [str(tmp_path / "imgs" / f"{i}.png") for i in (2, 6, 8)]
+    assert e.sources == [f"line {i + 2} of list.csv" for i in (2, 6, 8)]
+    # a command line names its own option
+    assert e.describe("set data.options.skip_corrupt=true").endswith(
+        "correct the paths or image_root, or set data.options.skip_corrupt=true to leave the "
+        "missing files out with a warning."
+    )
+    with pytest.warns(UserWarning, match="skipped 3 unreadable image"):
+        kept = get_dataset("csv", tmp_path / "list.csv", "train", skip_corrupt=True)
+    assert kept.paths == [str(tmp_path / "imgs" / f"{i}.png") for i in (0, 4)]
+
+
+def test_missing_images_message_names_first_five(tmp_path: Path, write_image) -> None:
+    # 40 files in one folder (listed once with scandir), 8 of them deleted, 7 in the train split
+    rows = ["path,label,split"]
+    for i in range(40):
+        write_image(tmp_path / "imgs" / f"{i:02d}.png")
+        rows.append(f"imgs/{i:02d}.png,{i % 4},{'train' if i % 4 < 2 else 'test'}")
+    gone = [1, 3, 5, 8, 9, 13, 20, 33]
+    for i in gone:
+        (tmp_path / "imgs" / f"{i:02d}.png").unlink()
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(MissingImagesError) as err:
+        get_dataset("csv", tmp_path / "list.csv", "train")
+    train_gone = [i for i in gone if i % 4 < 2]  # all but 3
+    shown = ", ".join(
+        f"{tmp_path / 'imgs' / f'{i:02d}.png'} (line {i + 2} of list.csv)" for i in train_gone[:5]
+    )
+    assert str(err.value).startswith(
+        f"csv/train: 7 of 20 image files do not exist: {shown} and 2 more. Relative paths"
+    )
+    assert err.value.missing == [str(tmp_path / "imgs" / f"{i:02d}.png") for i in train_gone]
+
+
+def test_missing_files_scan_matches_isfile(tmp_path: Path) -> None:
+    # enough paths for the thread pool; folders of many files (scandir) and of one file (stat)
+    paths = []
+    for d in range(60):
+        folder = tmp_path / f"d{d}"
+        folder.mkdir()
+        for i in range(70 if d % 2 else 1):
+            if (d * 7 + i) % 13:
+                (folder / f"{i}.jpg").touch()
+            paths.append(str(folder / f"{i}.jpg"))
+    paths += [str(tmp_path / "no_such_dir" / "x.jpg"), str(tmp_path / "d1")]  # a folder is no file
+    expected = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    assert len(paths) > 2000 and len(expected) > 100
+    assert _missing_files(paths, num_workers=4) == expected
+    assert _missing_files(paths, num_workers=1) == expected
+
+
+def test_folder_broken_link_reported_at_construction(tmp_path: Path, write_image) -> None:
+    for c in "ab":
+        write_image(tmp_path / c / "1.png")
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "a" / "0.png")
+    with pytest.raises(MissingImagesError) as err:
+        get_dataset("folder", tmp_path, "train")
+    assert str(err.value) == (
+        f"folder/train: 1 of 2 image files do not exist: {tmp_path / 'a' / '0.png'}. They are "
+        "broken links or were deleted while the folder was read; fix or delete them, or pass "
+        "skip_corrupt=True to leave the missing files out with a warning."
+    )
+
+
+@pytest.mark.parametrize(
+    "present,missing",
+    [(["train"], ["test"]), (["train", "val"], ["test"]), (["val"], ["train", "test"])],
+)
+def test_folder_split_layout_missing_a_folder(
+    tmp_path: Path, write_image, present: list[str], missing: list[str]
+) -> None:
+    for split in present:
+        for c in "ab":
+            write_image(tmp_path / split / c / "0.png")
+    with pytest.raises(FileNotFoundError) as err:
+        get_dataset("folder", tmp_path, "train")
+    has = " and ".join(f"{d}/" for d in present)
+    expected = [str(tmp_path / d) for d in missing]
+    assert str(err.value) == (
+        f"folder: {tmp_path} has {has} but no {' or '.join(expected)}; with split folders both "
+        "ROOT/train/<class>/<image> and ROOT/test/<class>/<image> are needed "
+        f"(ROOT/val/<class>/<image> is optional). Add {' and '.join(expected)}, or put the class "
+        f"folders directly in {tmp_path} for an automatic class-disjoint split."
+    )
+
+
+def test_folder_class_named_train_is_a_class(tmp_path: Path, write_image) -> None:
+    # a flat layout may hold a class called "train" (vehicles) beside other classes
+    for c in ("bus", "car", "train", "tram"):
+        write_image(tmp_path / c / "0.png")
+    assert get_dataset("folder", tmp_path, "test").classes == ["train", "tram"]
 
 
 def test_read_rgb_modes(tmp_path: Path) -> None:
@@ -127,6 +311,47 @@ def test_read_rgb_modes(tmp_path: Path) -> None:
     (tmp_path / "trunc.png").write_bytes((tmp_path / "grey.png").read_bytes()[:30])
     with pytest.raises(CorruptImageError, match="trunc.png"):
         read_rgb(tmp_path / "trunc.png")
+
+
+def test_corrupt_image_error_attributes_and_hint(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(CorruptImageError) as err:
+        read_rgb(tmp_path / "bad.png")
+    e = err.value
+    path = str(tmp_path / "bad.png")
+    assert e.path == path and e.reason == f"cannot identify image file {path!r}"
+    assert str(e) == (
+        f"cannot decode image {path}: {e.reason}. Replace or delete the file, or pass "
+        "skip_corrupt=True to skip unreadable images with a warning."
+    )
+    assert e.describe("pass --skip-corrupt") == (
+        f"cannot decode image {path}: {e.reason}. Replace or delete the file, or pass "
+        "--skip-corrupt to skip unreadable images with a warning."
+    )
+    again = pickle.loads(pickle.dumps(e))
+    assert (str(again), again.path, again.reason) == (str(e), e.path, e.reason)
+    # built from its message alone, as torch's DataLoader re-raises a worker's error
+    bare = CorruptImageError("cannot decode image x.png")
+    assert (str(bare), bare.path, bare.reason) == ("cannot decode image x.png", None, None)
+    assert bare.describe("pass --skip-corrupt") == "cannot decode image x.png"
+    assert isinstance(bare, OSError)
+
+
+def test_corrupt_image_error_survives_dataloader_reraise(tmp_path: Path) -> None:
+    # torch's DataLoader re-raises a worker's error through ExceptionWrapper, as type(message);
+    # a real worker process costs a 5 s shutdown after an error, the wrapper is the same code.
+    from torch._utils import ExceptionWrapper
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    try:
+        read_rgb(tmp_path / "bad.png")
+    except CorruptImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(CorruptImageError) as err:
+        wrapped.reraise()
+    assert str(err.value).startswith("Caught CorruptImageError in DataLoader worker process 0.")
+    assert f"cannot decode image {tmp_path / 'bad.png'}" in str(err.value)
+    assert err.value.path is None
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 37, 100])

@@ -14,14 +14,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rankedlist.data.cars196 import Cars196
 from rankedlist.data.csv_dataset import CSVDataset
 from rankedlist.data.cub200 import CUB200
-from rankedlist.data.glyphs import GlyphDataset, glyph_dropped_classes, glyph_fonts
+from rankedlist.data.glyphs import (
+    GlyphDataset,
+    default_cache_dir,
+    glyph_dropped_classes,
+    glyph_fonts,
+)
 from rankedlist.data.image_folder import ImageFolderDataset
-from rankedlist.data.image_list_dataset import CorruptImageError, ImageListDataset, read_rgb
+from rankedlist.data.image_list_dataset import (
+    CorruptImageError,
+    ImageListDataset,
+    MissingImagesError,
+    read_rgb,
+)
 from rankedlist.data.inshop import InShop
 from rankedlist.data.pk_sampler import PKSampler
 from rankedlist.data.sop import StanfordOnlineProducts
@@ -38,6 +49,7 @@ __all__ = [
     "ImageFolderDataset",
     "ImageListDataset",
     "InShop",
+    "MissingImagesError",
     "PKSampler",
     "StanfordOnlineProducts",
     "build_transform",
@@ -52,9 +64,18 @@ __all__ = [
 
 
 def _glyphs(root: str | os.PathLike | None, split: str, transform: Callable | None, **kw: Any):
-    # For glyphs, root (when given) is where the rendered cache lives.
+    # Glyphs are rendered, so root is optional: when given it is the cache folder. It must exist,
+    # so that a typo or a root left over from another dataset does not create a stray folder.
     if root is not None:
-        kw.setdefault("cache_dir", root)
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"glyphs: root {folder} is not an existing folder. The glyphs are rendered from "
+                "the fonts inside matplotlib and need no root; a root only says where to cache "
+                f"the renders ({folder / 'glyphs'}). Create the folder, or leave root unset to "
+                f"cache in {default_cache_dir() / 'glyphs'}."
+            )
+        kw.setdefault("cache_dir", folder)
     return GlyphDataset(split=split, transform=transform, **kw)
 
 
@@ -108,7 +129,8 @@ def get_dataset(
 
     Args:
         name: ``glyphs``, ``cub200``, ``cars196``, ``sop``, ``inshop``, ``folder`` or ``csv``.
-        root: the dataset folder (the CSV file for ``csv``; the cache folder for ``glyphs``).
+        root: the dataset folder (the CSV file for ``csv``). ``glyphs`` are rendered and need
+            none; given, it must be an existing folder, which then holds the render cache.
         split: ``train``, ``val`` or ``test`` (``query``/``gallery`` for ``inshop``).
         transform: applied to the RGB PIL image in ``__getitem__``.
         **options: passed to the dataset class, e.g. ``val_fraction``, ``check_counts``,

@@ -14,6 +14,7 @@ import numpy as np
 
 from rankedlist.data.image_list_dataset import (
     ImageListDataset,
+    benchmark_missing_hint,
     remap_to_contiguous,
     require_file,
     resolve_dir,
@@ -89,4 +90,5 @@ class Cars196(ImageListDataset):
             transform=transform,
             skip_corrupt=skip_corrupt,
             name=f"cars196/{split}",
+            missing_hint=benchmark_missing_hint(CARS_LAYOUT, CARS_URL),
         )

@@ -15,6 +15,7 @@ import numpy as np
 
 from rankedlist.data.image_list_dataset import (
     ImageListDataset,
+    benchmark_missing_hint,
     remap_to_contiguous,
     require_file,
     resolve_dir,
@@ -118,4 +119,5 @@ class CUB200(ImageListDataset):
             transform=transform,
             skip_corrupt=skip_corrupt,
             name=f"cub200/{split}",
+            missing_hint=benchmark_missing_hint(CUB_LAYOUT, CUB_URL),
         )

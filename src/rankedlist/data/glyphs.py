@@ -23,10 +23,11 @@ Rendering. Pillow's FreeType renderer draws each character at 4x resolution in a
 size 0.70 of the image side, baseline at 0.76 of the height, the advance width centred
 horizontally) and box-filters it down, so size and vertical position carry meaning: ``-`` and
 ``_``, ``.`` and ``·``, ``o`` and ``O`` differ. Images are black ink on white, greyscale,
-returned as RGB PIL images. The rendered arrays are cached in ``$RANKEDLIST_CACHE/glyphs`` (default
-``~/.cache/rankedlist/glyphs``) as ``.npz`` keyed by a hash of the font files (names, sizes,
-modification times), the characters, the image size, the renderer version and the Pillow/FreeType
-versions, so the second run loads in milliseconds.
+returned as RGB PIL images. The rendered arrays are cached in ``CACHE_DIR/glyphs``, where
+``CACHE_DIR`` is ``cache_dir`` (``get_dataset``'s ``root``, which must then exist) or else
+``$RANKEDLIST_CACHE`` (default ``~/.cache/rankedlist``), as ``.npz`` keyed by a hash of the font
+files (names, sizes, modification times), the characters, the image size, the renderer version and
+the Pillow/FreeType versions, so the second run loads in milliseconds.
 
 Ambiguous classes. A pair of characters is near-identical in a font when the normalised L1 distance
 of their ink, ``sum|a - b| / (sum a + sum b)``, is at most ``ambiguity_threshold`` (0.03: identical
@@ -419,7 +420,8 @@ class GlyphDataset(LabeledImageDataset):
         characters: the candidate characters (default :data:`DEFAULT_CHARACTERS`).
         min_instances: drop characters rendered by fewer fonts than this.
         val_fraction: share of the training classes moved to ``val``.
-        cache_dir: where rendered arrays are cached (default :func:`default_cache_dir`).
+        cache_dir: the cache folder; renders go to its ``glyphs`` sub-folder, created when
+            missing (default :func:`default_cache_dir`).
         use_cache: read and write the cache.
         ambiguity_threshold, ambiguity_fraction: the near-identity rule for dropping classes.
 

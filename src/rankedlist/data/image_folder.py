@@ -8,6 +8,10 @@ Two layouts are accepted:
 * ``ROOT/<class>/...``: a class-disjoint split by a fixed rule, the first classes in sorted name
   order train and the last ``test_fraction`` (default half) test, as CUB and Cars are split.
 
+A root whose only sub-folders are split names but not both ``train`` and ``test`` (say ``train``
+alone) is a split layout with a folder missing and raises FileNotFoundError naming it. (A class
+called ``train`` in the flat layout has other class folders beside it, so it stays a class.)
+
 Images are found recursively under each class folder (sorted, so the order is the same
 everywhere); names starting with ``.`` (macOS ``._*`` resource forks, ``.DS_Store``) are ignored, as
 are files whose extension is not an image extension.
@@ -93,6 +97,17 @@ class ImageFolderDataset(ImageListDataset):
         if split not in _SPLIT_DIRS:
             raise ValueError(f"folder: unknown split {split!r}; use 'train', 'val' or 'test'")
         explicit = (base / "train").is_dir() and (base / "test").is_dir()
+        subdirs = {e.name for e in base.iterdir() if e.is_dir() and not e.name.startswith(".")}
+        if not explicit and subdirs and subdirs <= set(_SPLIT_DIRS):
+            # Only split folders: not classes called train/test, but a split layout missing one.
+            missing = [str(base / d) for d in ("train", "test") if d not in subdirs]
+            raise FileNotFoundError(
+                f"folder: {base} has {' and '.join(f'{d}/' for d in sorted(subdirs))} but no "
+                f"{' or '.join(missing)}; with split folders both ROOT/train/<class>/<image> and "
+                "ROOT/test/<class>/<image> are needed (ROOT/val/<class>/<image> is optional). Add "
+                f"{' and '.join(missing)}, or put the class folders directly in {base} for an "
+                "automatic class-disjoint split."
+            )
         if explicit:
             parts = {
                 s: _scan_classes(base / s, extensions) for s in _SPLIT_DIRS if (base / s).is_dir()
@@ -136,4 +151,8 @@ class ImageFolderDataset(ImageListDataset):
             transform=transform,
             skip_corrupt=skip_corrupt,
             name=f"folder/{split}",
+            # The files were found by listing the folders: missing means a broken link or a file
+            # deleted since.
+            missing_hint="They are broken links or were deleted while the folder was read; fix "
+            "or delete them",
         )

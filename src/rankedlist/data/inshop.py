@@ -21,6 +21,7 @@ import numpy as np
 
 from rankedlist.data.image_list_dataset import (
     ImageListDataset,
+    benchmark_missing_hint,
     remap_to_contiguous,
     require_file,
     resolve_dir,
@@ -131,5 +132,6 @@ class InShop(ImageListDataset):
             transform=transform,
             skip_corrupt=skip_corrupt,
             name=f"inshop/{split}",
+            missing_hint=benchmark_missing_hint(INSHOP_LAYOUT, INSHOP_URL),
             keep_classes=split in ("query", "gallery"),
         )

@@ -25,6 +25,7 @@ Every global batch holds P classes with K images each. Rules:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ class PKSampler(Sampler[list[int]]):
     Args:
         labels: one class label per dataset item (any hashable integers; 1-D).
         p: classes per global batch.
-        k: images per class.
+        k: images per class; ``k=1`` warns, since a batch then holds no positive pair.
         seed: base seed; the order is a function of ``(seed, epoch)`` only.
         world_size: number of distributed ranks sharing each global batch.
         rank: this process's rank in ``0..world_size-1``.
@@ -69,6 +70,16 @@ class PKSampler(Sampler[list[int]]):
             raise ValueError(
                 f"the global batch P*K = {p}*{k} = {p * k} must be divisible by world_size="
                 f"{world_size}; change P or K"
+            )
+        if k == 1:
+            # Legal (e.g. for proxy losses), but pair-based losses such as RLL then get no
+            # positive pair in any batch and learn nothing from positives.
+            warnings.warn(
+                f"PKSampler with k=1: each of the P={p} classes appears once per batch, so no "
+                "batch holds a positive pair and pair-based losses (such as the Ranked List "
+                "Loss) get no positives; use k >= 2",
+                UserWarning,
+                stacklevel=2,
             )
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < p:

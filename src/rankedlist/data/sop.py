@@ -15,6 +15,7 @@ import numpy as np
 
 from rankedlist.data.image_list_dataset import (
     ImageListDataset,
+    benchmark_missing_hint,
     remap_to_contiguous,
     require_file,
     resolve_dir,
@@ -122,5 +123,6 @@ class StanfordOnlineProducts(ImageListDataset):
             transform=transform,
             skip_corrupt=skip_corrupt,
             name=f"sop/{split}",
+            missing_hint=benchmark_missing_hint(SOP_LAYOUT, SOP_URL),
         )
         self.super_labels = (supers[idx] - 1)[self.source_index]
