@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -151,25 +152,35 @@ def test_index_commands_report_bad_input(setup, tmp_path, capsys):
     parser = index_parser()
     with pytest.raises(SystemExit):  # argparse: the action is required
         parser.parse_args(["index"])
-    args = parser.parse_args(["index", "search", "--index", str(tmp_path / "none"), "q.png"])
-    with pytest.raises(FileNotFoundError, match="index folder .*none not found"):
-        run_index_command(args)
+    capsys.readouterr()
+
+    def error_of(argv):
+        """run_index_command's exit code 2 and its one stderr line."""
+        assert run_index_command(parser.parse_args(argv)) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: ")
+        return line
+
+    line = error_of(["index", "search", "--index", str(tmp_path / "none"), "q.png"])
+    assert re.search("index folder .*none not found", line)
     EmbeddingIndex(np.eye(16), [f"{i}" for i in range(16)]).save(tmp_path / "bare")
-    args = parser.parse_args(["index", "search", "--index", str(tmp_path / "bare"), "q.png"])
-    with pytest.raises(ValueError, match="pass --checkpoint"):
-        run_index_command(args)
-    args = parser.parse_args(
+    line = error_of(["index", "search", "--index", str(tmp_path / "bare"), "q.png"])
+    assert "pass --checkpoint" in line
+    line = error_of(
         ["index", "search", "--index", str(tmp_path / "bare"), "--checkpoint", str(ckpt),
          str(tmp_path / "missing.png"), "--device", "cpu"]
     )  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="query image .*missing.png not found"):
-        run_index_command(args)
+    assert re.search("query image .*missing.png not found", line)
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "keep.txt").write_text("mine")
-    args = parser.parse_args(
+    line = error_of(
         ["index", "build", "--checkpoint", str(ckpt), "--images", str(images), "--out",
          str(tmp_path / "photos"), "--device", "cpu", "--no-progress"]
     )  # fmt: skip
-    assert run_index_command(args) == 2  # refuses to replace a folder that is not an index
-    assert "not an embedding index" in capsys.readouterr().err
+    assert "not an embedding index" in line  # refuses to replace a folder that is not an index
     assert (tmp_path / "photos" / "keep.txt").read_text() == "mine"
+    # --debug: the error itself, for its traceback.
+    args = parser.parse_args(["index", "search", "--index", str(tmp_path / "none"), "q.png"])
+    args.debug = True
+    with pytest.raises(FileNotFoundError, match="index folder .*none not found"):
+        run_index_command(args)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rankedlist.data import CorruptImageError, read_rgb
+from rankedlist.data import read_rgb
 from rankedlist.data.image_folder import IMG_EXTENSIONS, list_image_files
 
 __all__ = ["embed_images", "list_images", "resolve_device", "IMG_EXTENSIONS"]
@@ -60,30 +60,40 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class _Images(Dataset):
-    """``(position, transformed image)`` of image files or of a dataset's items; with ``skip``
-    an unreadable item yields ``(position, error message)`` instead of raising (the warning is
-    given in the main process: one raised in a worker would be lost)."""
+    """``(position, transformed image)`` of image files or of a dataset's items; an unreadable
+    item yields ``(position, what is wrong)`` instead of raising. The main process then warns
+    (with ``skip_corrupt``) or raises the error again by reading the item itself: an error
+    raised in a data-loader worker would reach the user as a worker traceback, without the
+    error's attributes, and a warning given in a worker would be lost."""
 
-    def __init__(self, images: Sequence[Any] | Dataset, transform: Callable | None, skip: bool):
-        self.images, self.transform, self.skip = images, transform, skip
+    def __init__(self, images: Sequence[Any] | Dataset, transform: Callable | None):
+        self.images, self.transform = images, transform
         self.is_paths = not isinstance(images, Dataset)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def load(self, i: int) -> Any:
+        """Item ``i`` as a tensor; raises when it cannot be read (the message names the file)."""
+        if self.is_paths:
+            image = read_rgb(self.images[i])  # names the file when missing or corrupt
+            return image if self.transform is None else self.transform(image)
+        return self.images[i][0]  # a rankedlist dataset: (transformed image, label)
+
     def __getitem__(self, i: int) -> tuple[int, Any]:
         try:
-            if self.is_paths:
-                image = read_rgb(self.images[i])  # names the file when missing or corrupt
-                if self.transform is not None:
-                    image = self.transform(image)
-            else:
-                image = self.images[i][0]  # a rankedlist dataset: (transformed image, label)
-        except (CorruptImageError, FileNotFoundError, OSError) as err:
-            if not self.skip:
-                raise
-            return i, str(err)
-        return i, image
+            return i, self.load(i)
+        except OSError as err:  # FileNotFoundError, CorruptImageError, a failing read
+            return i, self.describe(i, err)
+
+    def describe(self, i: int, err: OSError) -> str:
+        """``"<file>: <what is wrong>"`` for a warning, without the error's advice on skipping."""
+        path = getattr(err, "path", None) or (self.images[i] if self.is_paths else None)
+        if isinstance(err, FileNotFoundError):
+            reason = "file not found"
+        else:
+            reason = getattr(err, "reason", None) or str(err.__cause__ or err)
+        return str(err) if path is None else f"{os.fspath(path)}: {reason}"
 
 
 def _collate(
@@ -151,8 +161,9 @@ def embed_images(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     dev = resolve_device(device)
+    source = _Images(images, transform)
     loader = DataLoader(
-        _Images(images, transform, skip_corrupt),
+        source,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -163,14 +174,19 @@ def embed_images(
     model.to(dev).eval()
     chunks: list[np.ndarray] = []
     kept: list[int] = []
+    unreadable: list[str] = []
     try:
         with (
             torch.inference_mode(),
             tqdm(total=len(images), unit="img", desc="embedding", disable=not progress) as bar,
         ):
             for positions, batch, skipped in loader:
-                for _, why in skipped:
-                    warnings.warn(f"skipping unreadable image: {why}", stacklevel=2)
+                for position, why in skipped:
+                    if not skip_corrupt:
+                        source.load(position)  # raises the error here, in this process
+                        raise OSError(f"cannot read image {why}")  # it read this time: flaky
+                    warnings.warn(f"skipping unreadable image {why}", stacklevel=2)
+                    unreadable.append(why)
                 if batch is not None:
                     out = model.embed(batch.to(dev, non_blocking=True))
                     chunks.append(out.float().cpu().numpy())
@@ -179,7 +195,11 @@ def embed_images(
     finally:
         model.train(was_training)
     if not chunks:
-        raise ValueError(f"none of the {len(images)} images could be read")
+        if len(images) == 1:
+            raise ValueError(f"the one image could not be read ({unreadable[0]})")
+        raise ValueError(
+            f"none of the {len(images)} images could be read (the first: {unreadable[0]})"
+        )
     emb = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
     if skip_corrupt:
         return emb, np.asarray(kept, dtype=np.int64)

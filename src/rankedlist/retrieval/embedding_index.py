@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -34,7 +36,13 @@ import numpy as np
 
 from rankedlist.atomic_write import current_umask, fsync_dir
 
-__all__ = ["EmbeddingIndex", "Match", "INDEX_FORMAT", "INDEX_FORMAT_VERSION"]
+__all__ = [
+    "EmbeddingIndex",
+    "Match",
+    "INDEX_FORMAT",
+    "INDEX_FORMAT_VERSION",
+    "check_index_destination",
+]
 
 INDEX_FORMAT = "rankedlist-embedding-index"
 INDEX_FORMAT_VERSION = 1
@@ -44,6 +52,8 @@ LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
 # Keys of meta.json that the index itself owns (and rewrites on every save).
 _OWN_META = ("format", "format_version", "num_items", "embedding_dim", "has_labels", "saved")
+# The files an index folder may hold: a folder of only these is a (damaged) index to replace.
+_INDEX_FILES = frozenset({EMBEDDINGS_FILE, ITEMS_FILE, LABELS_FILE, META_FILE})
 
 
 class Match(NamedTuple):
@@ -299,16 +309,10 @@ class EmbeddingIndex:
 
         The files are written and fsynced in a temporary folder beside ``folder``, which then
         takes its place (an existing index there is replaced; a folder that is not an index is
-        refused rather than deleted). If anything fails the temporary folder is removed and the
-        previous index, if any, is left as it was.
+        refused rather than deleted, see :func:`check_index_destination`). If anything fails the
+        temporary folder is removed and the previous index, if any, is left as it was.
         """
-        folder = Path(folder)
-        if folder.exists() and not (folder / META_FILE).is_file():
-            if not folder.is_dir() or any(folder.iterdir()):
-                raise FileExistsError(
-                    f"{folder} exists and is not an embedding index (no {META_FILE}); choose "
-                    "another output folder or delete it"
-                )
+        folder = check_index_destination(folder)
         parent = folder.parent
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
@@ -352,69 +356,225 @@ class EmbeddingIndex:
 
         Raises:
             FileNotFoundError: the folder or one of its files is missing (named in the message).
-            ValueError: the files disagree (sizes, dimension) or are not an index.
+            ValueError: a file is truncated, corrupt or not part of an index, or the files
+                disagree (sizes, dimension); the message names the file and how to rebuild the
+                index.
         """
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"index folder {folder} not found; build one with `rankedlist index build`"
             )
-        required = [META_FILE, EMBEDDINGS_FILE, ITEMS_FILE]
-        for name in required:
+        meta: dict[str, Any] | None = None
+        for name in (META_FILE, EMBEDDINGS_FILE, ITEMS_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(
                     f"index folder {folder} has no {name}: it is incomplete or not an index "
-                    "(rebuild it with `rankedlist index build`)"
+                    f"({_rebuild_hint(folder, meta)})"
                 )
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{folder / META_FILE} is not the meta file of a rankedlist index")
-        if int(meta.get("format_version", 0)) > INDEX_FORMAT_VERSION:
-            raise ValueError(
-                f"{folder} was written in index format {meta['format_version']}, newer than this "
-                f"rankedlist understands ({INDEX_FORMAT_VERSION}); upgrade rankedlist"
-            )
-        emb = np.load(folder / EMBEDDINGS_FILE, mmap_mode="c" if mmap else None)
-        items = json.loads((folder / ITEMS_FILE).read_text(encoding="utf-8"))
+            if name == META_FILE:
+                meta = _read_meta(folder)
+        assert meta is not None
+        fix = _rebuild_hint(folder, meta)
+        emb = _read_npy(folder / EMBEDDINGS_FILE, fix, mmap)
+        items = _read_json(folder / ITEMS_FILE, fix)
         labels = None
-        if meta.get("has_labels"):
+        if meta["has_labels"]:
             if not (folder / LABELS_FILE).is_file():
                 raise FileNotFoundError(
                     f"index folder {folder} has no {LABELS_FILE} although {META_FILE} says it "
-                    "has labels; rebuild the index"
+                    f"has labels ({fix})"
                 )
-            labels = np.load(folder / LABELS_FILE)
-        if emb.ndim != 2:
-            raise ValueError(f"{folder / EMBEDDINGS_FILE} holds shape {emb.shape}, not (N, D)")
+            labels = _read_npy(folder / LABELS_FILE, fix)
+        if emb.ndim != 2 or emb.shape[1] == 0:
+            raise ValueError(
+                f"{folder / EMBEDDINGS_FILE} holds an array of shape {emb.shape}, not (N, D): it "
+                f"is corrupt ({fix})"
+            )
+        if emb.dtype != np.float32:
+            raise ValueError(
+                f"{folder / EMBEDDINGS_FILE} holds {emb.dtype}, not float32: it was not written "
+                f"by rankedlist ({fix})"
+            )
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(
+                f"{folder / ITEMS_FILE} is not a list of item names: it is corrupt ({fix})"
+            )
+        if labels is not None and (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)):
+            raise ValueError(
+                f"{folder / LABELS_FILE} holds {labels.dtype} of shape {labels.shape}, not one "
+                f"integer label per item: it is corrupt ({fix})"
+            )
         sizes = {EMBEDDINGS_FILE: emb.shape[0], ITEMS_FILE: len(items)}
         if labels is not None:
             sizes[LABELS_FILE] = len(labels)
-        sizes[f"{META_FILE} num_items"] = int(meta.get("num_items", emb.shape[0]))
+        sizes[f"{META_FILE} num_items"] = meta["num_items"]
         if len(set(sizes.values())) != 1:
             detail = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-            raise ValueError(f"index folder {folder} is inconsistent ({detail}); rebuild it")
-        if int(meta.get("embedding_dim", emb.shape[1])) != emb.shape[1]:
+            raise ValueError(
+                f"index folder {folder} is inconsistent ({detail}): a file is truncated or from "
+                f"another index ({fix})"
+            )
+        if meta["embedding_dim"] != emb.shape[1]:
             raise ValueError(
                 f"{folder / META_FILE} says embedding_dim {meta['embedding_dim']} but "
-                f"{EMBEDDINGS_FILE} has {emb.shape[1]} columns; rebuild the index"
+                f"{EMBEDDINGS_FILE} has {emb.shape[1]} columns ({fix})"
             )
-        if emb.dtype != np.float32:
-            raise ValueError(f"{folder / EMBEDDINGS_FILE} holds {emb.dtype}, not float32")
         if not mmap:
             # Saved rows are normalised already: check rather than re-normalise, so a loaded
             # index is bit-identical to the saved one (a memory map is not read in full here).
             norms = np.linalg.norm(emb, axis=1)
             if not (np.isfinite(norms).all() and np.allclose(norms, 1.0, atol=1e-3)):
                 raise ValueError(
-                    f"{folder / EMBEDDINGS_FILE} holds rows that are not unit vectors; rebuild "
-                    "the index or pass the array to EmbeddingIndex(...) to normalise it"
+                    f"{folder / EMBEDDINGS_FILE} holds rows that are not unit vectors: it is "
+                    f"corrupt or was not written by rankedlist ({fix}; or pass the array to "
+                    "EmbeddingIndex(...) to normalise it)"
                 )
         index = cls.__new__(cls)
         index._embeddings = emb
-        index._items = _as_items(items, emb.shape[0], ITEMS_FILE)
-        index._labels = None if labels is None else _as_labels(labels, len(items), LABELS_FILE)
+        index._items = items
+        index._labels = None if labels is None else labels.astype(np.int64)
         index.meta = {k: v for k, v in meta.items() if k not in _OWN_META}
         return index
+
+
+def check_index_destination(folder: str | os.PathLike) -> Path:
+    """Raise now what :meth:`EmbeddingIndex.save` to ``folder`` would fail on; return the path.
+
+    ``folder`` may be missing (it and its parents are created), empty, or an index to replace
+    (its ``meta.json`` says so, or it holds nothing but index files, e.g. a damaged index). A
+    file, or a folder with anything else in it, is refused rather than deleted; so is a place
+    that cannot be written (a read-only disk or folder, a file where a parent should be). Call
+    it before a long embedding run so that a bad output folder fails in a second, not after.
+
+    Raises:
+        FileExistsError: ``folder`` is a file or a folder that is not an index.
+        NotADirectoryError: a parent of ``folder`` is a file.
+        PermissionError / OSError: the folder that would receive the index is not writable.
+    """
+    folder = Path(folder)
+    if folder.is_file() or (folder.exists() and not folder.is_dir()):
+        raise FileExistsError(
+            f"{folder} is a file, not an index folder; choose another output folder"
+        )
+    if folder.is_dir():
+        entries = {e.name for e in folder.iterdir()}
+        if entries - _INDEX_FILES and not _is_index_meta(folder / META_FILE):
+            raise FileExistsError(
+                f"{folder} exists and is not an embedding index (no {META_FILE} of an index; it "
+                f"holds {', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}); "
+                "choose another output folder or delete it"
+            )
+    # The nearest existing folder above: the index is written beside ``folder`` in its parent,
+    # which is created below this one when missing.
+    base = folder.absolute().parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise NotADirectoryError(
+            f"cannot create the index folder {folder}: {base} is a file, not a folder; choose "
+            "another output folder"
+        )
+    try:  # os.access() is wrong for root and for read-only mounts; try it
+        os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".check", dir=base))
+    except OSError as err:
+        raise type(err)(
+            f"cannot write the index folder {folder}: {base} is not writable "
+            f"({err.strerror or err}); choose another output folder"
+        ) from err
+    return folder
+
+
+def _is_index_meta(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == INDEX_FORMAT
+
+
+def _one_line(text: object) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(text).strip())
+
+
+def _rebuild_hint(folder: Path, meta: Mapping[str, Any] | None) -> str:
+    """How to rebuild the index, with the checkpoint and images it was built from when known."""
+    meta = meta or {}
+    ckpt, images = meta.get("checkpoint"), meta.get("images_root")
+    ckpt = shlex.quote(ckpt) if isinstance(ckpt, str) else "CHECKPOINT"
+    images = shlex.quote(images) if isinstance(images, str) else "IMAGES"
+    return (
+        "rebuild the index with `rankedlist index build --checkpoint "
+        f"{ckpt} --images {images} --out {shlex.quote(str(folder))}`"
+    )
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is corrupt (not UTF-8 text: {_one_line(err)}); {fix}") from err
+    if not text.strip():
+        raise ValueError(f"{path} is empty: the index is truncated; {fix}")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise ValueError(
+            f"{path} is truncated or corrupt (not valid JSON: {_one_line(err)}); {fix}"
+        ) from err
+
+
+def _read_npy(path: Path, fix: str, mmap: bool = False) -> np.ndarray:
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: the index is truncated; {fix}")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":  # numpy would call it pickled data and suggest allow_pickle
+        raise ValueError(f"{path} is corrupt (not a numpy .npy array file); {fix}")
+    try:
+        return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except PermissionError:
+        raise
+    except (ValueError, EOFError, OSError) as err:  # numpy's words for a short or foreign file
+        raise ValueError(
+            f"{path} is truncated or corrupt (numpy cannot read it: {_one_line(err)}); {fix}"
+        ) from err
+
+
+_KIND_WORDS = {int: "an integer", bool: "true or false", str: "a string"}
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """``meta.json``, checked: the index format and the keys :meth:`EmbeddingIndex.save` writes."""
+    path = folder / META_FILE
+    meta = _read_json(path, _rebuild_hint(folder, None))
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        raise ValueError(
+            f'{path} is not the meta file of a rankedlist index (no "format": '
+            f'"{INDEX_FORMAT}"); {_rebuild_hint(folder, None)}'
+        )
+    fix = _rebuild_hint(folder, meta)
+    wanted = {"format_version": int, "num_items": int, "embedding_dim": int, "has_labels": bool}
+    missing = [key for key in wanted if key not in meta]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(repr(k) for k in missing)}: it is damaged or was edited "
+            f"by hand; {fix}"
+        )
+    for key, kind in {**wanted, "checkpoint": str, "images_root": str}.items():
+        value = meta.get(key)
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if key in meta and not ok and not (value is None and key not in wanted):
+            raise ValueError(
+                f"{path} has {key} = {value!r}, not {_KIND_WORDS[kind]}: it is damaged or was "
+                f"edited by hand; {fix}"
+            )
+    if meta["format_version"] > INDEX_FORMAT_VERSION:
+        raise ValueError(
+            f"{folder} was written in index format {meta['format_version']}, newer than this "
+            f"rankedlist understands ({INDEX_FORMAT_VERSION}); upgrade rankedlist"
+        )
+    return meta
 
 
 def _replace_dir(new: Path, target: Path) -> None:

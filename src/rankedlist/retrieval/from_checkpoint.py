@@ -68,15 +68,35 @@ def load_model_from_checkpoint(
     from rankedlist.training import build_model, config_from_dict, load_checkpoint
 
     path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path, map_location="cpu")
-    if "config" not in state:
-        raise ValueError(f"{path} has no 'config' entry: it was not written by `rankedlist train`")
-    config = config_from_dict(state["config"])
-    model = build_model(config, load_pretrained=False)  # the checkpoint has every weight
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except (FileNotFoundError, PermissionError, MemoryError):
+        raise
+    except ValueError as err:
+        if str(path) in str(err):  # already names the file and says what is wrong
+            raise
+        raise _unreadable(path, err) from err
+    except Exception as err:  # torch.load raises many types for a damaged zip/pickle
+        raise _unreadable(path, err) from err
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(
+            f"checkpoint {path} has no 'config' entry: it was not written by `rankedlist train`; "
+            "pass a run folder or its best.pt / last.pt"
+        )
+    try:
+        config = config_from_dict(state["config"])
+        model = build_model(config, load_pretrained=False)  # the checkpoint has every weight
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"the config stored in checkpoint {path} cannot be rebuilt ({_first_line(err)}): it "
+            "is damaged or from an incompatible rankedlist version"
+        ) from err
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not fit its config's model: {err}") from err
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"the weights in checkpoint {path} do not fit its config's model: {_first_line(err)}"
+        ) from err
     model.to(resolve_device(device)).eval()
     image_size = int(config.data.image_size or model.input_size)
     transform = build_transform(model.input_style, False, image_size)
@@ -87,6 +107,20 @@ def load_model_from_checkpoint(
         checkpoint=path,
         config=config.to_dict(),
         iteration=state.get("iteration"),
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _unreadable(path: Path, err: BaseException) -> ValueError:
+    return ValueError(
+        f"checkpoint {path} is not a readable rankedlist checkpoint (truncated, empty or another "
+        f"kind of file: {type(err).__name__}: {_first_line(err)}); pass a run folder or its "
+        "best.pt / last.pt as written by `rankedlist train`, or copy the file again if a copy was "
+        "cut short"
     )
 
 
@@ -172,6 +206,7 @@ def search_images(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = False,
+    skip_corrupt: bool = False,
 ) -> list[list[Match]]:
     """Embed query images and return each one's ``k`` nearest items of ``index``.
 
@@ -182,9 +217,11 @@ def search_images(
             recorded, else the model's ``input_size``).
         query_paths: image files.
         k: neighbours per query (cut to the index size).
+        skip_corrupt: leave out unreadable query images with a warning instead of raising.
 
     Returns:
-        One list of :class:`Match` per query, most similar first.
+        One list of :class:`Match` per query, most similar first; with ``skip_corrupt`` an
+        unreadable query's list is empty (any other has at least one match).
     """
     from rankedlist.data import build_transform
 
@@ -205,7 +242,20 @@ def search_images(
         transform = build_transform(net.input_style, False, int(size))
     if isinstance(query_paths, str | os.PathLike):
         query_paths = [query_paths]
-    query = embed_images(
-        net, list(query_paths), transform, batch_size=batch_size, device=device, progress=progress
+    query_paths = list(query_paths)
+    out = embed_images(
+        net,
+        query_paths,
+        transform,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        skip_corrupt=skip_corrupt,
     )
-    return index.search_items(query, k)
+    if not skip_corrupt:
+        return index.search_items(out, k)
+    query, kept = out
+    results: list[list[Match]] = [[] for _ in query_paths]
+    for row, matches in zip(kept.tolist(), index.search_items(query, k), strict=True):
+        results[row] = matches
+    return results
