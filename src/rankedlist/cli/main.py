@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
     """One line for an error a user can fix (and the exit code), or None for a bug."""
-    from rankedlist.data import CorruptImageError
+    from rankedlist.data import CorruptImageError, MissingImagesError
     from rankedlist.models.pretrained import PretrainedWeightsError
     from rankedlist.training.train import NonFiniteLossError, RunInterrupted
 
@@ -316,16 +316,9 @@ def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
         return str(exc), _EXIT_NONFINITE
     if isinstance(exc, RunInterrupted):
         return str(exc), 128 + int(exc.signum)
-    if isinstance(exc, CorruptImageError):
-        path = getattr(exc, "path", None)
-        if command == "train" and path is not None:
-            reason = getattr(exc, "reason", None) or "unreadable"
-            return (
-                f"cannot decode image {path} ({reason}); replace or delete the file, or set "
-                "data.options.skip_corrupt=true to leave unreadable images out with a warning",
-                _EXIT_USAGE,
-            )
-        return _one_line(exc), _EXIT_USAGE
+    if isinstance(exc, (CorruptImageError, MissingImagesError)) and command in _CONFIG_COMMANDS:
+        # The data layer's hint is the Python option; here the way is a config override.
+        return _one_line(exc.describe("set data.options.skip_corrupt=true")), _EXIT_USAGE
     if isinstance(exc, (ValueError, TypeError, FileNotFoundError, PretrainedWeightsError)):
         return _one_line(exc), _EXIT_USAGE
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
@@ -334,6 +327,7 @@ def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
     return None, 1
 
 
+_CONFIG_COMMANDS = ("train", "evaluate")
 _DISK_ERRORS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",

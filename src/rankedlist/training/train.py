@@ -240,9 +240,10 @@ def train_one_step(
     outputs = {head: out.float() for head, out in outputs.items()}
     bad_heads = [head for head in losses if not bool(torch.isfinite(outputs[head]).all())]
     for head in bad_heads:
-        # Zeros stand in so every rank still calls the loss (a global-batch loss gathers inside):
-        # a rank that raised here would leave the others waiting in that collective.
-        outputs[head] = torch.nan_to_num(outputs[head], nan=0.0, posinf=0.0, neginf=0.0)
+        # Ones stand in so every rank still calls the loss (a global-batch loss gathers inside):
+        # a rank that raised here would leave the others waiting in that collective. (Not zeros:
+        # a zero row cannot be L2-normalised and the loss rejects it.)
+        outputs[head] = torch.ones_like(outputs[head])
     parts = {head: fn(outputs[head], labels) for head, fn in losses.items()}
     loss = sum(parts.values())
     # One collective per step: the flags every rank must agree on, and the logged losses
@@ -451,8 +452,17 @@ class Run:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         dist_utils.unwrap_model(self.model).load_state_dict(state["model"])
         self.losses.load_state_dict(state["losses"])
+        # The hyper-parameters as configured now (identical to the saved ones unless a resume
+        # changed them on purpose): load_state_dict would bring back the saved ones.
+        groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
+        base_lrs = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for group, configured in zip(self.optimizer.param_groups, groups, strict=True):
+            group.update(configured)
+        self.scheduler.base_lrs = base_lrs
         # The rates of the schedule as configured now (train.iterations may have been raised to
         # extend a run); identical to the saved ones when the config is unchanged.
         for group, base, factor in zip(
