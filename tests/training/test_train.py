@@ -145,8 +145,42 @@ def test_validation_selects_best_checkpoint_and_test_is_evaluated_once(tmp_path)
     )
 
 
-def test_bf16_autocast_on_cpu(tmp_path):
-    result = train_module.main(tiny_config(tmp_path, "train.iterations=2", "train.amp=bf16"))
-    assert result.status == "completed"
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train_records(tmp_path))
-    assert 0.0 <= result.test_metrics["fused"]["recall@1"] <= 1.0
+def test_bf16_autocast_on_cpu_tracks_the_float32_run(tmp_path):
+    """bf16 autocast really runs (the losses differ from float32's in their low bits) and stays
+    within bf16's resolution of the float32 run, step by step and in the test metrics."""
+    bf16 = train_module.main(tiny_config(tmp_path / "bf16", "train.iterations=3", "train.amp=bf16"))
+    fp32 = train_module.main(tiny_config(tmp_path / "fp32", "train.iterations=3"))
+    assert bf16.status == fp32.status == "completed"
+    low = [r["loss"] for r in train_records(tmp_path / "bf16")]
+    full = [r["loss"] for r in train_records(tmp_path / "fp32")]
+    assert len(low) == len(full) == 3
+    assert low != full  # autocast was active: bf16 products round differently
+    # Same weights and batch at step 1: the loss agrees to bf16's ~3 significant digits.
+    assert low[0] == pytest.approx(full[0], rel=2e-2)
+    assert low == pytest.approx(full, rel=5e-2)
+    got, want = bf16.test_metrics["fused"], fp32.test_metrics["fused"]
+    assert got["recall@1"] == pytest.approx(want["recall@1"], abs=0.03)
+    assert got["map@r"] == pytest.approx(want["map@r"], abs=0.03)
+
+
+def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path):
+    """RLL-(L,M,H): one Ranked List Loss per head, summed; each head's own loss falls."""
+    config = tiny_config(tmp_path, "train.iterations=40", "model.multi_level=true")
+    result = train_module.main(config, stop_after=30)
+    assert result.status == "stopped"
+    records = train_records(tmp_path)
+    assert len(records) == 30
+    for head in ("low", "mid", "high"):
+        losses = [r[f"loss/{head}"] for r in records]
+        first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+        assert last < 0.9 * first, (head, first, last)
+    for r in records:  # the logged loss is the sum of the heads' losses
+        parts = r["loss/low"] + r["loss/mid"] + r["loss/high"]
+        assert r["loss"] == pytest.approx(parts, rel=1e-6)
+    from rankedlist.losses import RankedListLoss
+    from rankedlist.training.distributed import DistributedContext
+
+    model = train_module.build_model(config)
+    built = train_module._build_losses(config, model, 10, DistributedContext())
+    assert sorted(built) == ["high", "low", "mid"]
+    assert all(type(fn.loss) is RankedListLoss for fn in built.values())  # the real loss
