@@ -32,8 +32,8 @@ COLUMNS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("reca
 
 def run(recipe: str, seed: int, out: Path, overrides: list[str]) -> tuple[dict, float]:
     run_dir = out / f"{recipe}_seed{seed}"
-    cmd = [sys.executable, "-m", "rankedlist", "train", "--config", f"configs/{recipe}.yaml", "--overwrite",
-           f"train.run_dir={run_dir}", f"train.seed={seed}", "train.report=false",
+    cmd = [sys.executable, "-m", "rankedlist", "train", "--config", f"configs/{recipe}.yaml",
+           "--overwrite", f"train.run_dir={run_dir}", f"train.seed={seed}", "train.report=false",
            "train.tensorboard=false", *overrides]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
