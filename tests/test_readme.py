@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rankedlist.cli.main import build_parser, find_recipe
+from rankedlist.cli.main import find_recipe, parse_command_line
 from rankedlist.training.config import load_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,7 +41,7 @@ def test_readme_has_the_two_commands_first():
 
 @pytest.mark.parametrize("argv", _commands(), ids=" ".join)
 def test_readme_command_parses_and_its_recipe_resolves(argv):
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     if args.command in ("train", "show-config") and args.config:
         # The recipe exists and every override is a valid key of a valid type.
         load_config(find_recipe(args.config), args.overrides)

@@ -169,3 +169,30 @@ def test_resume_without_config_extends_a_finished_run(demo_run, tmp_path, capsys
     assert "resumed from" in out and "iteration 8/8" in out
     steps = [json.loads(x)["step"] for x in (copy / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 8
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--config", "glyphs", "--resume", "data.p=16", "train.log_every=1"],
+        ["train", "data.p=16", "--resume", "--config", "glyphs", "train.log_every=1"],
+        ["train", "--resume", "data.p=16", "--config", "glyphs", "train.log_every=1"],
+        ["train", "data.p=16", "train.log_every=1", "--config", "glyphs", "--resume"],
+    ],
+)
+def test_overrides_and_resume_parse_in_any_order(argv):
+    from rankedlist.cli.main import parse_command_line
+
+    args = parse_command_line(argv)
+    assert args.overrides == ["data.p=16", "train.log_every=1"]
+    assert args.resume == "" and args.config == "glyphs"
+
+
+def test_option_values_with_an_equals_sign_stay_values(tmp_path, monkeypatch):
+    from rankedlist.cli.main import parse_command_line
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a=b.pt").write_bytes(b"")
+    args = parse_command_line(["train", "--config", "x=y.yaml", "--resume", "a=b.pt", "optim.lr=1"])
+    assert args.config == "x=y.yaml" and args.resume == "a=b.pt"
+    assert args.overrides == ["optim.lr=1"]

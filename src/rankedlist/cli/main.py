@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "find_recipe", "list_recipes"]
+__all__ = ["main", "build_parser", "find_recipe", "list_recipes", "parse_command_line"]
 
 _EXIT_USAGE = 2
 _EXIT_NONFINITE = 1
@@ -278,17 +278,23 @@ _COMMANDS = {
 }
 
 
+def parse_command_line(
+    argv: Sequence[str], parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """Parse as ``rankedlist`` does: ``--key.sub value`` and overrides anywhere are accepted."""
+    parser = parser or build_parser()
+    return parser.parse_args(_hoist_overrides(_dashed_to_overrides(list(argv))))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see the module docstring)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv = _hoist_overrides(_dashed_to_overrides(argv))
+        args = parse_command_line(argv, parser)
     except ValueError as exc:
         print(f"rankedlist: error: {exc}", file=sys.stderr)
         return _EXIT_USAGE
-    try:
-        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): return, do not exit
         return int(exc.code or 0)
     if args.command is None:
