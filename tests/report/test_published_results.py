@@ -1,7 +1,9 @@
-"""The published numbers: units, keys, and agreement with the table in shared/protocols.md."""
+"""The published numbers: units, keys, sources, the glyph reference row against a fresh
+measurement, and agreement with the project's internal table (when that file is beside the repo)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -10,8 +12,10 @@ import pytest
 from rankedlist.report import PUBLISHED_RESULTS, PUBLISHED_UNITS, published_result
 from rankedlist.report import published_results as rows_for
 
-PROTOCOLS_MD = Path(__file__).resolve().parents[3] / "shared" / "protocols.md"
-KEY = re.compile(r"^(recall@\d+|map@r|nmi)$")
+REPO = Path(__file__).resolve().parents[2]
+PROTOCOLS_MD = REPO.parent / "shared" / "protocols.md"
+KEY = re.compile(r"^(recall@\d+|r_precision|map@r|nmi)$")
+RAW_PIXELS = "Raw pixels (reference baseline)"
 
 
 def test_units_and_keys():
@@ -32,11 +36,22 @@ def test_spot_values_and_order():
     assert published_result("cars196", "RLL-H").metrics["nmi"] == 65.4
     assert published_result("sop", "RLL-(L,M,H)").metrics["recall@100"] == 96.3
     assert "recall@10" not in published_result("sop", "Proxy NCA").metrics  # "-" in the paper
-    assert published_result("inshop", "Proxy-Anchor").metrics == {"recall@1": 91.9}
-    assert published_result("glyphs", "Raw pixels (reference baseline)").metrics == {
-        "recall@1": 83.0,
-        "map@r": 41.0,
-        "nmi": 79.0,
+    assert published_result("inshop", "Proxy-Anchor").metrics == {
+        "recall@1": 91.9,
+        "recall@10": 98.1,
+        "recall@20": 98.7,
+        "recall@30": 99.0,
+        "recall@40": 99.1,
+    }
+    assert published_result("cub200", "MS loss").metrics == {"recall@1": 65.7}
+    assert published_result("glyphs", RAW_PIXELS).metrics == {
+        "recall@1": 80.5,
+        "recall@2": 90.0,
+        "recall@4": 94.7,
+        "recall@8": 97.0,
+        "r_precision": 42.4,
+        "map@r": 34.5,
+        "nmi": 72.4,
     }
     for dataset in ("cub200", "cars196", "sop"):
         assert [r.method for r in rows_for(dataset)[:2]] == ["RLL-H", "RLL-(L,M,H)"]
@@ -44,6 +59,73 @@ def test_spot_values_and_order():
     assert rows_for("glyphs", include_reference=False) == []
     with pytest.raises(KeyError, match="available"):
         published_result("cub200", "ArcFace")
+
+
+def test_every_row_cites_its_source():
+    """Sources a user can look up: the publication, the released code, or how it was measured;
+    never a file that only the project's developers have."""
+    for rows in PUBLISHED_RESULTS.values():
+        for row in rows:
+            assert row.source and row.short_source, row.method
+            assert len(row.short_source) <= 45, row.short_source  # a table cell
+            for internal in ("shared/", "protocols.md", "rll-spec"):
+                assert internal not in row.source and internal not in row.short_source
+            assert row.to_dict()["source"] == row.source
+    paper = published_result("cub200", "Triplet semi-hard")
+    assert "Ranked List Loss" in paper.source and "CVPR 2019" in paper.source
+    assert paper.short_source == "RLL paper, CVPR 2019"
+    inshop = published_result("inshop", "RLL-(L,M,H), released 2020 code")
+    assert "XinshaoAmosWang/Ranked-List-Loss-for-DML" in inshop.source
+    assert "Recall_concat_d128.txt" in inshop.source
+    assert "tjddus9597/Proxy-Anchor-CVPR2020" in published_result("sop", "Proxy-Anchor").source
+    assert "CVPR 2022" in published_result("cars196", "Hyp-ViT").source
+    assert "Multi-Similarity" in published_result("cub200", "MS loss").source
+    raw = published_result("glyphs", RAW_PIXELS)
+    assert raw.source.startswith("raw pixels, measured by benchmarks/glyphs_raw_pixels.py")
+    assert "150 iterations" in rows_for("glyphs")[1].method
+    assert "train.iterations=150" in rows_for("glyphs")[1].source
+
+
+def test_short_source_defaults_to_source():
+    from rankedlist.report import PublishedResult
+
+    row = PublishedResult("m", "cub200", {"recall@1": 50.0}, "later", "Someone et al., 2030")
+    assert row.short_source == "Someone et al., 2030"
+
+
+def test_raw_pixel_row_is_what_the_benchmark_measures():
+    """``benchmarks/glyphs_raw_pixels.py`` run now gives the numbers of the reference row."""
+    script = REPO / "benchmarks" / "glyphs_raw_pixels.py"
+    spec = importlib.util.spec_from_file_location("glyphs_raw_pixels", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    metrics, info = module.measure()
+    assert info["images"] == 1638 and info["classes"] == 88 and info["dim"] == 3 * 32 * 32
+    row = published_result("glyphs", RAW_PIXELS)
+    measured = {key: round(100 * metrics[key], 1) for key in row.metrics}
+    assert measured == dict(row.metrics)
+
+
+def test_docs_page_lists_every_row():
+    """docs/published_results.md shows each row of the package's table with the same numbers."""
+    from rankedlist.report.markdown import format_percent
+
+    text = (REPO / "docs" / "published_results.md").read_text(encoding="utf-8")
+    assert not any(internal in text for internal in ("shared/", "protocols.md", "rll-spec"))
+    for dataset, rows in PUBLISHED_RESULTS.items():
+        section = text.split(f"(`{dataset}`)\n", 1)[1].split("\n#", 1)[0]
+        for row in rows:
+            label = row.method + (f" ({row.note})" if row.note and row.kind != "reference" else "")
+            line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            numbers = [c for c in cells[1:-1] if c != "–"]
+            assert sorted(numbers) == sorted(format_percent(v) for v in row.metrics.values())
+            assert cells[-1] == row.short_source
+            if row.kind == "reference":  # how to measure it again
+                (command,) = re.findall(r"`([^`]+)`", row.source)
+                assert command in " ".join(text.replace("`", "").split())
+            else:  # its full citation is listed
+                assert f"- **{row.short_source}**: " in text
 
 
 def test_rows_are_read_only():
@@ -54,7 +136,7 @@ def test_rows_are_read_only():
 
 @pytest.mark.skipif(not PROTOCOLS_MD.exists(), reason="shared/protocols.md is not beside the repo")
 def test_paper_table_matches_protocols_md():
-    """Parse the CVPR table of protocols.md section 4 and compare every cell."""
+    """Parse the CVPR table of the developers' internal notes (section 4) and compare every cell."""
     text = PROTOCOLS_MD.read_text(encoding="utf-8")
     header = next(line for line in text.splitlines() if line.startswith("| method | CUB R@1"))
     lines = text.splitlines()

@@ -11,6 +11,7 @@ from rankedlist.report.markdown import (
     markdown_table,
     recall_ks,
     results_table,
+    sources_list,
 )
 from rankedlist.report.published_results import published_result
 
@@ -36,8 +37,20 @@ def test_results_table_text():
         "| method | R@1 | R@2 | MAP@R | NMI | source |",
         "|---|---:|---:|---:|---:|---|",
         "| **ours** | **50.0** | **62.5** | **25.0** | **–** | this run |",
-        "| RLL-H | 57.4 | 69.7 | – | 63.6 | RLL paper |",
+        "| RLL-H | 57.4 | 69.7 | – | 63.6 | RLL paper, CVPR 2019 |",
     ]
+
+
+def test_sources_list_names_each_source_once():
+    rows = [
+        published_result("cub200", "RLL-H"),
+        published_result("cub200", "RLL-(L,M,H)"),
+        published_result("cub200", "MS loss"),
+    ]
+    lines = sources_list(rows)
+    assert len(lines) == 2
+    assert lines[0].startswith("- **RLL paper, CVPR 2019**: Wang et al., Ranked List Loss")
+    assert lines[1].startswith("- **X. Wang et al., CVPR 2019**: Xun Wang et al., Multi-Similarity")
 
 
 def test_heads_table_orders_low_mid_high_fused():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from _report_helpers import (
 )
 from PIL import Image
 
+import rankedlist.atomic_write as atomic_write_module
 from rankedlist.report import write_report
 
 PICTURES = ("training_curves", "recall_at_k", "embedding_map", "retrieval_grid")
@@ -91,6 +96,14 @@ def test_cub_multi_level_report(tmp_path):
     ]
     assert "| RLL-H | 57.4 | 69.7 | 79.2 | 86.9 |" in text
     assert "Proxy-Anchor (BN-Inception, 512-d) | 69.1 |" in text
+    # Each published row's source, in the table and in full below it and in metrics.json.
+    assert paper.rstrip().endswith("| RLL paper, CVPR 2019 |")
+    assert "- **RLL paper, CVPR 2019**: Wang et al., Ranked List Loss for Deep Metric" in text
+    assert "- **Kim et al., CVPR 2020 (code)**: Kim et al., Proxy Anchor Loss" in text
+    sources = {row["method"]: row["source"] for row in doc["published"]}
+    assert "CVPR 2019" in sources["RLL-H"] and "Proxy Anchor" in sources["Proxy-Anchor"]
+    for internal in ("shared/", "protocols.md", "rll-spec"):
+        assert internal not in text and internal not in files["metrics"].read_text()
     # Per-head table, pictures by relative link, key config lines.
     assert "## Per head" in text
     assert "| mid | 40.0 | 45.0 | 50.0 | 55.0 |" in text
@@ -107,13 +120,23 @@ def test_glyphs_beside_raw_pixel_baseline(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| Raw pixels"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Columns: method, R@1, R@2, R@4, R@8, R-Prec., MAP@R, NMI, source.
-    assert cells[1] == "83.0" and cells[6] == "41.0" and cells[7] == "79.0"
-    assert "reference" in cells[0] and "measured" in cells[8]
+    assert cells[1:8] == ["80.5", "90.0", "94.7", "97.0", "42.4", "34.5", "72.4"]
+    assert "reference" in cells[0] and cells[8] == "measured: benchmarks/glyphs_raw_pixels.py"
     assert "| **This run: RLL-H, bninception** | **93.1** |" in text
+    assert "- **measured: benchmarks/glyphs_raw_pixels.py**: raw pixels, measured by" in text
+    assert "`rankedlist train --config configs/glyphs.yaml train.iterations=150`" in text
     assert "## Per head" not in text
     doc = json.loads(files["metrics"].read_text())
     assert doc["published"] == []  # measurements, not publications
-    assert doc["reference"][0]["metrics"] == {"recall@1": 83.0, "map@r": 41.0, "nmi": 79.0}
+    raw = doc["reference"][0]
+    assert (raw["metrics"]["recall@1"], raw["metrics"]["map@r"], raw["metrics"]["nmi"]) == (
+        80.5,
+        34.5,
+        72.4,
+    )
+    assert raw["source"].startswith("raw pixels, measured by benchmarks/glyphs_raw_pixels.py")
+    for internal in ("shared/", "protocols.md", "rll-spec"):
+        assert internal not in text and internal not in files["metrics"].read_text()
 
 
 def test_without_dataset_skips_the_grid(tmp_path):
@@ -212,3 +235,76 @@ def test_missing_run_dir(tmp_path):
             embeddings=x,
             labels=labels,
         )
+
+
+class _FullDisk:
+    """A file that takes ``room`` more bytes (or characters), then fails as a full disk does."""
+
+    def __init__(self, fh, room: int) -> None:
+        self._fh, self._room = fh, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            self._fh.write(data[: self._room])  # the part that fitted stays in the file
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._fh.__exit__(*exc)
+
+
+def _fill_disk_while_writing(monkeypatch, name: str, room: int = 64) -> None:
+    """Every write through ``rankedlist.atomic_write`` to the file ``name`` runs out of space
+    after ``room`` bytes; the other files are written normally."""
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    temporaries: dict[int, str] = {}
+
+    def mkstemp(*args, **kwargs):
+        fd, tmp = real_mkstemp(*args, **kwargs)
+        temporaries[fd] = os.path.basename(tmp)
+        return fd, tmp
+
+    def fdopen(fd, *args, **kwargs):
+        fh = real_fdopen(fd, *args, **kwargs)
+        return _FullDisk(fh, room) if temporaries.get(fd, "").startswith(f".{name}.") else fh
+
+    monkeypatch.setattr(atomic_write_module, "tempfile", SimpleNamespace(mkstemp=mkstemp))
+    monkeypatch.setattr(atomic_write_module.os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "recall_at_k.png", "report.md"])
+def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, name):
+    """A rerun that fills the disk while writing ``name`` fails with ENOSPC and leaves the previous
+    ``name`` whole: every report file is written to a temporary file, then renamed."""
+    files, _ = _run(tmp_path, "cub200", (1, 2, 4, 8))
+    before = {path.name: path.read_bytes() for path in files.values()}
+
+    _fill_disk_while_writing(monkeypatch, name)
+    with pytest.raises(OSError) as info:
+        _run(tmp_path, "cub200", (1, 2, 4, 8), base=0.75)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+
+    assert (tmp_path / name).read_bytes() == before[name]
+    assert not list(tmp_path.glob(".*.tmp"))  # the partial temporary file was removed
+    # Whatever was (re)written before the failure is complete too.
+    json.loads((tmp_path / "metrics.json").read_text())
+    for key in PICTURES:
+        _check_png(tmp_path / f"{key}.png")
+    assert (tmp_path / "report.md").read_text().startswith("# CUB-200-2011")
+
+
+def test_full_disk_on_a_first_run_leaves_no_file(tmp_path, monkeypatch):
+    _fill_disk_while_writing(monkeypatch, "metrics.json")
+    with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)):
+        _run(tmp_path, "cub200", (1, 2, 4, 8))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

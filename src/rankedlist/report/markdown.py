@@ -89,7 +89,11 @@ def results_table(
     published: Sequence[PublishedResult],
     ks: Sequence[int],
 ) -> str:
-    """Our fused metrics (fractions) beside published rows (percents), all printed in percent."""
+    """Our fused metrics (fractions) beside published rows (percents), all printed in percent.
+
+    The last column names each row's source in short (:attr:`PublishedResult.short_source`);
+    :func:`sources_list` gives the full citations.
+    """
     keys = set(ours)
     for row in published:
         keys.update(row.metrics)
@@ -104,15 +108,20 @@ def results_table(
     ]
     for row in published:
         label = row.method + (f" ({row.note})" if row.note and row.kind != "reference" else "")
-        source = {
-            "paper": "RLL paper",
-            "released-code": "RLL 2020 code log",
-            "later": "later work",
-            "reference": "protocols.md (measured)",
-        }.get(row.kind, "")
-        rows.append([label, *[format_percent(row.metrics.get(k)) for k, _ in columns], source])
+        cells = [format_percent(row.metrics.get(k)) for k, _ in columns]
+        rows.append([label, *cells, row.short_source or row.source])
     align = ["l"] + ["r"] * len(columns) + ["l"]
     return markdown_table(headers, rows, align)
+
+
+def sources_list(published: Sequence[PublishedResult]) -> list[str]:
+    """Markdown bullets ``- **short source**: full source``, one per distinct source, in order."""
+    seen: dict[str, str] = {}
+    for row in published:
+        seen.setdefault(row.source, row.short_source or row.source)
+    return [
+        f"- **{short}**: {full}" if short != full else f"- {full}" for full, short in seen.items()
+    ]
 
 
 def heads_table(test_metrics: Mapping[str, Mapping[str, Any]], ks: Sequence[int]) -> str:

@@ -2,8 +2,8 @@
 
 Every function draws on a bare :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, so
 no global state, no GUI backend and no figure leak across calls), imports matplotlib inside itself
-(``import rankedlist`` stays fast), writes one PNG and returns its path, or ``None`` when there is
-nothing to draw (the report then says why).
+(``import rankedlist`` stays fast), writes one PNG atomically (:mod:`rankedlist.atomic_write`) and
+returns its path, or ``None`` when there is nothing to draw (the report then says why).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rankedlist.atomic_write import atomic_write
 from rankedlist.report.neighbors import neighbor_matches, pick_queries, top_k_neighbors
 from rankedlist.report.published_results import PublishedResult
 
@@ -38,9 +39,9 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=_DPI, facecolor="white")
-    return path
+    """Write ``fig`` as a PNG through :func:`rankedlist.atomic_write.atomic_write`: a full disk or
+    an interruption leaves the previous picture (or none), never half a PNG."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_DPI, facecolor="white"))
 
 
 def _style(ax: Any) -> None:

@@ -159,7 +159,7 @@ def _metric_notes(fused: Mapping[str, Any]) -> list[str]:
     if isinstance(lone, int | float | np.number) and lone:
         notes.append(
             f"{int(lone)} test queries have no same-class item in the gallery; they are left out "
-            "of the retrieval metrics (protocols.md section 2)."
+            "of the retrieval metrics (nothing relevant to rank) and only counted."
         )
     # Counts (num_queries, num_gallery, lone_queries) are said in words elsewhere.
     shown = {"r_precision", "map@r", "nmi", "lone_queries"}
@@ -210,8 +210,10 @@ def write_report(
 
     ``metrics.json`` holds ``test`` (the fused metrics, fractions), ``heads`` (the other entries of
     ``test_metrics``), ``protocol``, ``config``, ``published`` (the literature's rows for the
-    dataset, values in percent) and ``reference`` (recorded baselines such as raw pixels on glyphs,
-    percent), with ``units`` saying so. Non-finite numbers are written as ``null``.
+    dataset, values in percent) and ``reference`` (baselines measured with this package, such as
+    raw pixels on the glyphs, percent), with ``units`` saying so; every published or reference row
+    has its ``source`` (the publication and table, the released code, or how it was measured).
+    Non-finite numbers are written as ``null``.
     """
     run_dir = Path(run_dir)
     embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -332,19 +334,28 @@ def _report_markdown(
     ]
     if dataset_name in _PAPER_DATASETS and literature:
         out += [
-            "Published rows come from `shared/protocols.md` section 4: the Ranked List Loss paper "
-            "(CVPR 2019) and later work, as printed there (`–`: not reported). The paper's RLL "
-            "numbers use BN-Inception; the authors picked their reported checkpoints by test-set "
-            "accuracy (as Proxy-Anchor, MS loss and XBM also do), which favours them: this toolkit "
-            "selects on a validation split or takes the final iteration, and reports the test "
-            "split once.",
+            "Published rows are the numbers their sources print (`–`: not reported); the sources "
+            "are listed below (every row with its provenance: "
+            "`rankedlist.report.published_results`). The Ranked List Loss paper's (CVPR 2019) RLL "
+            "numbers use BN-Inception; the authors picked their reported checkpoints "
+            "by test-set accuracy (as Proxy-Anchor, MS loss and XBM also do), which favours them: "
+            "this toolkit selects on a validation split or takes the final iteration, and reports "
+            "the test split once.",
+            "",
+            "Sources:",
+            "",
+            *md.sources_list(literature),
             "",
         ]
     elif reference:
         out += [
-            "The reference rows are measurements recorded in `shared/protocols.md` section 1 for "
-            "the embedded glyph data on 2 CPU cores (raw pixels: no training at all), not "
-            "published results.",
+            "The reference rows are not published results: they were measured with this package "
+            "on the same embedded glyph test classes (raw pixels: no training at all), as listed "
+            "below.",
+            "",
+            "Sources:",
+            "",
+            *md.sources_list(reference),
             "",
         ]
     else:
@@ -426,8 +437,8 @@ def _report_markdown(
         "",
         "</details>",
         "",
-        "Files: `metrics.json` (test metrics as fractions, the published rows in percent, the "
-        "config) and the PNG pictures next to this report.",
+        "Files: `metrics.json` (test metrics as fractions, the published and reference rows in "
+        "percent with their sources, the config) and the PNG pictures next to this report.",
         "",
     ]
     return "\n".join(out)
