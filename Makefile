@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint format clean
+.PHONY: test demo bench lint format clean check-install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,16 +15,22 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	@! grep -rnE "shared/|protocols\.md|rll-spec" src README.md docs \
+		|| { echo "user-facing text cites internal files (above)"; exit 1; }
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-test: lint
+# The wheel a user installs, used from outside the repository (scripts/check_install.sh).
+check-install: $(STAMP)
+	scripts/check_install.sh $(BIN)/python
+
+test: lint check-install
 	$(BIN)/python -m pytest -n 2 -q tests
 
 demo: $(STAMP)
-	$(BIN)/rankedlist train --config configs/glyphs.yaml --overwrite
+	$(BIN)/rankedlist train --config glyphs --overwrite
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py

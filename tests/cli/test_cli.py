@@ -196,3 +196,55 @@ def test_option_values_with_an_equals_sign_stay_values(tmp_path, monkeypatch):
     args = parse_command_line(["train", "--config", "x=y.yaml", "--resume", "a=b.pt", "optim.lr=1"])
     assert args.config == "x=y.yaml" and args.resume == "a=b.pt"
     assert args.overrides == ["optim.lr=1"]
+
+
+def test_shipped_recipes_are_found_from_any_folder(tmp_path, monkeypatch, capsys):
+    from rankedlist.cli.main import find_recipe, list_recipes
+    from rankedlist.training.config import load_config, shipped_recipes_dir
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    shipped = shipped_recipes_dir()
+    assert shipped.parent.name == "rankedlist" and (shipped / "glyphs.yaml").is_file()
+    assert find_recipe("glyphs") == shipped / "glyphs.yaml"
+    names = [name for name, _ in list_recipes()]
+    assert {"glyphs", "glyphs_contrastive", "sop_bninception"} <= set(names)
+    # A user's own recipe starts from a shipped one by name.
+    (tmp_path / "mine.yaml").write_text("base: glyphs\ntrain:\n  seed: 7\n")
+    mine, glyphs = load_config(tmp_path / "mine.yaml"), load_config(shipped / "glyphs.yaml")
+    assert mine.train.seed == 7 and mine.loss == glyphs.loss and mine.model == glyphs.model
+
+
+def test_version_is_printed_and_recorded(tmp_path, capsys):
+    import yaml
+
+    from rankedlist import __version__
+    from rankedlist.training.config import config_from_dict, load_config, save_config
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rankedlist {__version__}"
+    path = save_config(config_from_dict({}), tmp_path / "config.yaml")
+    assert path.read_text().startswith(f"# written by rankedlist {__version__}\n")
+    assert load_config(path) == config_from_dict({})  # still a recipe `--config` reads back
+    assert "description" in yaml.safe_load(path.read_text())
+
+
+def test_a_missing_extra_is_one_error_line_naming_it(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pml(name, *args, **kwargs):
+        if name.startswith("pytorch_metric_learning"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name="pytorch_metric_learning")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pml)
+    monkeypatch.setattr("importlib.import_module", lambda name: no_pml(name))
+    code = main(["train", "--config", "glyphs_contrastive", f"train.run_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == (
+        "error: loss.name=contrastive (a pytorch-metric-learning baseline) needs "
+        "pytorch-metric-learning, which is not installed; install it with: "
+        "pip install 'rankedlist[baselines]'"
+    )

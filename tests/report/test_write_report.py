@@ -124,7 +124,7 @@ def test_glyphs_beside_raw_pixel_baseline(tmp_path):
     assert "reference" in cells[0] and cells[8] == "measured: benchmarks/glyphs_raw_pixels.py"
     assert "| **This run: RLL-H, bninception** | **93.1** |" in text
     assert "- **measured: benchmarks/glyphs_raw_pixels.py**: raw pixels, measured by" in text
-    assert "`rankedlist train --config configs/glyphs.yaml train.iterations=150`" in text
+    assert "`rankedlist train --config glyphs train.iterations=150`" in text
     assert "## Per head" not in text
     doc = json.loads(files["metrics"].read_text())
     assert doc["published"] == []  # measurements, not publications

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rankedlist import __version__
+
 __all__ = ["main", "build_parser", "find_recipe", "list_recipes", "parse_command_line"]
 
 _EXIT_USAGE = 2
@@ -22,18 +24,18 @@ _EXIT_NONFINITE = 1
 
 
 def _configs_dirs() -> list[Path]:
-    """Where recipes live: ./configs, then the repository's configs/ (source checkouts)."""
-    here = Path(__file__).resolve()
-    dirs = [Path.cwd() / "configs", here.parents[3] / "configs"]
+    """Where recipes live: ``./configs`` (the user's own, first), then the shipped ones."""
+    from rankedlist.training.config import shipped_recipes_dir
+
     out: list[Path] = []
-    for d in dirs:
+    for d in (Path.cwd() / "configs", shipped_recipes_dir()):
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
             out.append(d)
     return out
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """A config path as given, or a recipe name (``glyphs``) looked up in the configs folder."""
+    """A config path as given, or a recipe name (``glyphs``) looked up in the configs folders."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -48,7 +50,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def list_recipes() -> list[tuple[str, str]]:
-    """``(recipe name, description)`` for every ``configs/*.yaml``."""
+    """``(recipe name, description)`` for every recipe (shipped, and ``./configs/*.yaml``)."""
     import yaml
 
     seen: dict[str, str] = {}
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(or `--section.key value`) after a command overrides the recipe.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--version", action="version", version=f"rankedlist {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser(
@@ -130,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/data/CUB_200_2011"
     )
 
-    sub.add_parser("recipes", help="list the shipped recipes (configs/*.yaml)")
+    sub.add_parser("recipes", help="list the shipped recipes (and ./configs/*.yaml)")
 
     show = sub.add_parser("show-config", help="print a recipe fully resolved, with overrides")
     show.add_argument("--config", "-c", help="a YAML recipe path or name (default: the defaults)")
@@ -244,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_recipes(args: argparse.Namespace) -> int:  # noqa: ARG001
     recipes = list_recipes()
     if not recipes:
-        print("no recipes found (looked for configs/*.yaml)")
+        print(f"no recipes found (looked in {', '.join(map(str, _configs_dirs()))})")
         return 0
     width = max(len(name) for name, _ in recipes)
     for name, description in recipes:
@@ -315,9 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
     """One line for an error a user can fix (and the exit code), or None for a bug."""
     from rankedlist.data import CorruptImageError, MissingImagesError
+    from rankedlist.extras import MissingExtraError
     from rankedlist.models.pretrained import PretrainedWeightsError
     from rankedlist.training.train import NonFiniteLossError, RunInterrupted
 
+    if isinstance(exc, MissingExtraError):
+        return str(exc), _EXIT_USAGE
     if isinstance(exc, NonFiniteLossError):
         return str(exc), _EXIT_NONFINITE
     if isinstance(exc, RunInterrupted):

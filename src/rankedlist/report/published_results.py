@@ -64,7 +64,7 @@ _HYP_VIT = (
 _HYP_VIT_SHORT = "Ermolov et al., CVPR 2022"
 #: How the ``"reference"`` glyph rows were measured (commands run from the repository root).
 GLYPHS_RAW_PIXELS_COMMAND = "python benchmarks/glyphs_raw_pixels.py"
-GLYPHS_SHORT_RUN_COMMAND = "rankedlist train --config configs/glyphs.yaml train.iterations=150"
+GLYPHS_SHORT_RUN_COMMAND = "rankedlist train --config glyphs train.iterations=150"
 
 
 @dataclass(frozen=True)

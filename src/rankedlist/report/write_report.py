@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rankedlist import __version__
 from rankedlist.atomic_write import atomic_write_text
 from rankedlist.report import markdown as md
 from rankedlist.report.plots import (
@@ -248,6 +249,7 @@ def write_report(
         "config": config,
         "published": [r.to_dict() for r in literature],
         "reference": [r.to_dict() for r in reference],
+        "rankedlist_version": __version__,  # the code that made these numbers
     }
     path = run_dir / FILE_NAMES["metrics"]
     atomic_write_text(path, json.dumps(_jsonable(metrics_doc), indent=2, allow_nan=False) + "\n")

@@ -2,7 +2,8 @@
 
 A recipe is a YAML file whose top-level sections mirror :class:`Config` (``data``, ``model``,
 ``loss``, ``optim``, ``schedule``, ``train``). A recipe may start from another one with
-``base: other.yaml`` (resolved relative to the file) and change only what differs.
+``base: other.yaml`` (resolved relative to the file, else a shipped recipe of that name, e.g.
+``base: glyphs``) and change only what differs.
 Command-line overrides use dotted keys (``optim.lr=3e-3``, ``loss.params.margin=0.2``) and are
 coerced to the declared type of the field. Unknown keys raise a ``ValueError`` that lists the valid
 keys at that level, so a typo never silently becomes a default.
@@ -33,6 +34,7 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "save_config",
+    "shipped_recipes_dir",
     "config_differences",
     "flatten_config",
     "SAFE_ON_RESUME",
@@ -407,8 +409,22 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    parent = _read_yaml((path.parent / str(base)), (*seen, path.resolve()))
-    return _deep_merge(parent, data)
+    parent_path = path.parent / str(base)
+    if not parent_path.is_file():  # `base: glyphs` names a shipped recipe
+        shipped = shipped_recipes_dir()
+        for candidate in (shipped / str(base), shipped / f"{base}.yaml"):
+            if candidate.is_file():
+                parent_path = candidate
+                break
+    return _deep_merge(_read_yaml(parent_path, (*seen, path.resolve())), data)
+
+
+def shipped_recipes_dir() -> Path:
+    """The recipes inside the package (``rankedlist/configs``), in any install."""
+    from importlib.resources import files
+
+    # A wheel installs into a folder, so the resource is a real path (no zip import here).
+    return Path(str(files("rankedlist") / "configs"))
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -431,9 +447,12 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 def save_config(config: Config, path: str | Path) -> Path:
     """Write the fully resolved config as YAML (what ``rankedlist train --config`` reads back)."""
+    from rankedlist import __version__
     from rankedlist.atomic_write import atomic_write_text
 
-    return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # The version as a comment: the file stays a recipe that `--config` reads back.
+    header = f"# written by rankedlist {__version__}\n"
+    return atomic_write_text(path, header + yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 # --------------------------------------------------------------------------- resuming

@@ -88,8 +88,11 @@ def _classes(name: str) -> tuple[type, type | None]:
         from rankedlist.losses import RankedListLoss
 
         return RankedListLoss, None
-    from pytorch_metric_learning import losses, miners
+    from rankedlist.extras import require
 
+    feature = f"loss.name={name} (a pytorch-metric-learning baseline)"
+    losses = require("pytorch_metric_learning.losses", "baselines", feature)
+    miners = require("pytorch_metric_learning.miners", "baselines", feature)
     loss_name, miner_name, _ = _BASELINES[name]
     return getattr(losses, loss_name), (getattr(miners, miner_name) if miner_name else None)
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from rankedlist import __version__
 from rankedlist.atomic_write import atomic_write_text, remove_orphan_temporaries
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.amp import autocast, make_grad_scaler
@@ -431,6 +432,7 @@ class Run:
             "iteration": self.iteration,
             "best": dict(self.best),
             "world_size": self.ctx.world_size,
+            "rankedlist_version": __version__,  # the code that made it
         }
         if weights_only:
             return state
@@ -826,8 +828,13 @@ def test_and_report(run: Run, log: RunLog) -> tuple[dict[str, dict[str, float]],
     if not config.train.report:
         heads = {k: v for k, v in metrics.items() if k != FUSED}
         path = run.run_dir / "metrics.json"
-        payload = {"test": metrics[FUSED], "heads": heads, "config": config.to_dict()}
-        path.write_text(json.dumps(payload, indent=2))
+        payload = {
+            "test": metrics[FUSED],
+            "heads": heads,
+            "config": config.to_dict(),
+            "rankedlist_version": __version__,
+        }
+        atomic_write_text(path, json.dumps(payload, indent=2))
         return metrics, {"metrics": path}
     from rankedlist.report import write_report
 
