@@ -12,6 +12,8 @@ from PIL import Image
 
 import rankedlist.data.glyphs as glyphs_mod
 from rankedlist.data import GlyphDataset, build_transform, get_dataset, glyph_dropped_classes
+from rankedlist.data.glyph_font_coverage import default_fonts_dir
+from rankedlist.data.glyph_rendering import render_font
 
 
 def mean_ink_distances(ds_list) -> tuple[np.ndarray, list[str]]:
@@ -128,7 +130,8 @@ def test_cache_hit_skips_rendering(glyph_cache: Path, glyph_splits, monkeypatch)
     def fail(*args, **kwargs):
         raise AssertionError("the renderer ran although the cache holds this configuration")
 
-    monkeypatch.setattr(glyphs_mod, "_render_font", fail)
+    # the render cache (rankedlist.data.glyphs) calls render_font through its own namespace
+    monkeypatch.setattr(glyphs_mod, "render_font", fail)
     again = get_dataset("glyphs", glyph_cache, "test")  # root is the cache folder for glyphs
     np.testing.assert_array_equal(again.images, glyph_splits[1].images)
     assert again.classes == glyph_splits[1].classes
@@ -138,10 +141,10 @@ def test_cache_hit_skips_rendering(glyph_cache: Path, glyph_splits, monkeypatch)
 
 def test_render_is_deterministic_and_cache_faithful(glyph_splits) -> None:
     train, _ = glyph_splits
-    path = glyphs_mod._default_fonts_dir() / "DejaVuSerif-Italic.ttf"
+    path = default_fonts_dir() / "DejaVuSerif-Italic.ttf"
     chars = "".join(train.classes)
-    rendered_chars, ink = glyphs_mod._render_font(path, chars, 32)
-    _, ink2 = glyphs_mod._render_font(path, chars, 32)
+    rendered_chars, ink = render_font(path, chars, 32)
+    _, ink2 = render_font(path, chars, 32)
     np.testing.assert_array_equal(ink, ink2)
     assert rendered_chars == list(chars)  # DejaVu covers every kept class
     for i in range(len(train)):
@@ -152,7 +155,7 @@ def test_render_is_deterministic_and_cache_faithful(glyph_splits) -> None:
 
 @pytest.fixture
 def three_fonts(tmp_path: Path) -> Path:
-    src = glyphs_mod._default_fonts_dir()
+    src = default_fonts_dir()
     folder = tmp_path / "fonts"
     folder.mkdir()
     for name in ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf", "STIXGeneral.ttf"):

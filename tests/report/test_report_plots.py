@@ -7,18 +7,16 @@ import pytest
 from _report_helpers import FakeImageDataset, clustered_embeddings, make_history
 from PIL import Image
 
-from rankedlist.report.plots import (
+from rankedlist.report.embedding_map import embed_2d, plot_embedding_map, subsample_for_map
+from rankedlist.report.recall_at_k_plot import plot_recall_at_k
+from rankedlist.report.retrieval_grid import (
     QUERY_COLOR,
     RIGHT_COLOR,
     WRONG_COLOR,
-    embed_2d,
-    plot_embedding_map,
-    plot_recall_at_k,
     plot_retrieval_grid,
-    plot_training_curves,
     retrieval_grid_figure,
-    subsample_for_map,
 )
+from rankedlist.report.training_curves import plot_training_curves
 
 
 def _rgb(hex_color: str) -> np.ndarray:

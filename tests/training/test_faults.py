@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from rankedlist.cli.main import main as cli
+from rankedlist.training import run as run_module
 from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import EXPLODED, load_checkpoint
 
@@ -126,7 +127,7 @@ def test_the_checkpoint_guard_refuses_exploded_weights(tmp_path):
     )  # fmt: skip
     from rankedlist.training.distributed import DistributedContext
 
-    run = train_module.build_run(config, DistributedContext(), load_pretrained=False)
+    run = run_module.build_run(config, DistributedContext(), load_pretrained=False)
     run.save()
     before = (tmp_path / "last.pt").read_bytes()
     with torch.no_grad():

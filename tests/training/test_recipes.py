@@ -11,7 +11,7 @@ import torch
 
 from rankedlist.training.config import load_config
 from rankedlist.training.loss_factory import build_loss
-from rankedlist.training.train import build_model
+from rankedlist.training.run import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from rankedlist.training import run as run_module
 from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import load_checkpoint, save_checkpoint
 from rankedlist.training.config import load_config
@@ -100,7 +101,7 @@ def test_signal_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_build = train_module._build_losses
+    real_build = run_module.build_losses
 
     class NanAtFifthCall(torch.nn.Module):
         def __init__(self, inner):
@@ -116,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         losses = real_build(*args, **kwargs)
         return torch.nn.ModuleDict({k: NanAtFifthCall(v) for k, v in losses.items()})
 
-    monkeypatch.setattr(train_module, "_build_losses", build)
+    monkeypatch.setattr(run_module, "build_losses", build)
     config = tiny_config(tmp_path, "train.iterations=10", "train.checkpoint_every=2")
     with pytest.raises(train_module.NonFiniteLossError, match="iteration 5") as info:
         train_module.main(config)
@@ -180,7 +181,7 @@ def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path
     from rankedlist.losses import RankedListLoss
     from rankedlist.training.distributed import DistributedContext
 
-    model = train_module.build_model(config)
-    built = train_module._build_losses(config, model, 10, DistributedContext())
+    model = run_module.build_model(config)
+    built = run_module.build_losses(config, model, 10, DistributedContext())
     assert sorted(built) == ["high", "low", "mid"]
     assert all(type(fn.loss) is RankedListLoss for fn in built.values())  # the real loss

@@ -233,7 +233,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from rankedlist.training.train import evaluate_checkpoint, format_metrics_table
+    from rankedlist.training.evaluate_checkpoint import evaluate_checkpoint
+    from rankedlist.training.evaluation_pass import format_metrics_table
 
     metrics = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, args.device)
     if not metrics:  # a non-zero rank of a distributed evaluation
@@ -322,7 +323,8 @@ def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
     from rankedlist.data import CorruptImageError, MissingImagesError
     from rankedlist.extras import MissingExtraError
     from rankedlist.models.pretrained import PretrainedWeightsError
-    from rankedlist.training.train import NonFiniteLossError, RunInterrupted
+    from rankedlist.training.health import NonFiniteLossError
+    from rankedlist.training.train import RunInterrupted
 
     if isinstance(exc, MissingExtraError):
         return str(exc), _EXIT_USAGE

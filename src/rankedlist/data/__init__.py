@@ -20,12 +20,8 @@ from typing import Any
 from rankedlist.data.cars196 import Cars196
 from rankedlist.data.csv_dataset import CSVDataset
 from rankedlist.data.cub200 import CUB200
-from rankedlist.data.glyphs import (
-    GlyphDataset,
-    default_cache_dir,
-    glyph_dropped_classes,
-    glyph_fonts,
-)
+from rankedlist.data.glyph_font_coverage import glyph_fonts
+from rankedlist.data.glyphs import GlyphDataset, default_cache_dir, glyph_dropped_classes
 from rankedlist.data.image_folder import ImageFolderDataset
 from rankedlist.data.image_list_dataset import (
     CorruptImageError,

@@ -117,6 +117,12 @@ def _work_buffers(rows: int, cols: int, dtype: torch.dtype, device: torch.device
     return list(flat[:numel].view(_N_BUFFERS, rows, cols).unbind(0))
 
 
+def release_workspace() -> None:
+    """Free the work buffers kept between calls (this thread's): what a long-lived process that
+    has finished with the loss, or a test that measures memory, calls."""
+    _workspace.__dict__.pop("buffers", None)
+
+
 def _rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(1)`` using a preallocated scratch buffer for the product."""
     return torch.mul(a, b, out=scratch).sum(1)

@@ -14,13 +14,11 @@ import numpy as np
 from rankedlist import __version__
 from rankedlist.atomic_write import atomic_write_text
 from rankedlist.report import markdown as md
-from rankedlist.report.plots import (
-    plot_embedding_map,
-    plot_recall_at_k,
-    plot_retrieval_grid,
-    plot_training_curves,
-)
+from rankedlist.report.embedding_map import plot_embedding_map
 from rankedlist.report.published_results import PUBLISHED_UNITS, published_results
+from rankedlist.report.recall_at_k_plot import plot_recall_at_k
+from rankedlist.report.retrieval_grid import plot_retrieval_grid
+from rankedlist.report.training_curves import plot_training_curves
 
 #: Protocol names ``write_report`` accepts (the evaluation's presets).
 PROTOCOL_NAMES = ("glyphs", "cub200", "cars196", "sop", "inshop", "default")

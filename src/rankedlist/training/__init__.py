@@ -19,14 +19,11 @@ from rankedlist.training.config import (
     load_config,
     save_config,
 )
+from rankedlist.training.evaluate_checkpoint import evaluate_checkpoint
+from rankedlist.training.health import NonFiniteLossError
 from rankedlist.training.optim import build_optimizer, build_scheduler
-from rankedlist.training.train import (
-    NonFiniteLossError,
-    TrainResult,
-    build_model,
-    evaluate_checkpoint,
-    main,
-)
+from rankedlist.training.run import build_model
+from rankedlist.training.train import TrainResult, main
 
 __all__ = [
     "Config",

@@ -35,10 +35,6 @@ __all__ = [
     "parse_overrides",
     "save_config",
     "shipped_recipes_dir",
-    "config_differences",
-    "flatten_config",
-    "SAFE_ON_RESUME",
-    "FIXED_ON_RESUME",
 ]
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -453,52 +449,3 @@ def save_config(config: Config, path: str | Path) -> Path:
     # The version as a comment: the file stays a recipe that `--config` reads back.
     header = f"# written by rankedlist {__version__}\n"
     return atomic_write_text(path, header + yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-# --------------------------------------------------------------------------- resuming
-
-#: Keys a resumed run may change: they do not change what is computed, only how long, how often
-#: it is logged, evaluated or saved, and where it runs. Everything else is refused on resume.
-SAFE_ON_RESUME = frozenset(
-    {
-        "description",
-        "data.num_workers",
-        "train.iterations",  # extends (or shortens) the run; the schedule follows the new length
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.log_every",
-        "train.device",
-        "train.run_dir",
-        "train.eval_batch_size",
-        "train.num_threads",
-        "train.tensorboard",
-        "train.report",
-    }
-)
-#: Keys no resume can change, even deliberately: the saved weights would not fit the model.
-FIXED_ON_RESUME = ("model.", "data.dataset")
-
-
-def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.01, "loss.params.margin": 0.4, ...}``: one entry per leaf value."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any]
-) -> dict[str, tuple[Any, Any]]:
-    """``{key: (old value, new value)}`` for every leaf that differs (missing leaves are None)."""
-    a, b = flatten_config(old), flatten_config(new)
-    out = {}
-    for key in sorted(set(a) | set(b)):
-        pair = (a.get(key), b.get(key))
-        # An empty mapping on one side and sub-keys on the other: the sub-keys say it all.
-        if pair[0] != pair[1] and not all(v in ({}, None) for v in pair):
-            out[key] = pair
-    return out

@@ -17,16 +17,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rankedlist.training.config import (
-    FIXED_ON_RESUME,
-    SAFE_ON_RESUME,
-    Config,
-    config_differences,
-    config_from_dict,
-)
+from rankedlist.atomic_write import remove_orphan_temporaries
+from rankedlist.training import distributed as dist_utils
+from rankedlist.training.config import Config, config_from_dict
 
 __all__ = [
     "CHANGES_FILE",
+    "FIXED_ON_RESUME",
+    "SAFE_ON_RESUME",
+    "config_differences",
+    "flatten_config",
+    "prepare_run_dir",
     "RunExistsError",
     "check_resume_config",
     "existing_run_files",
@@ -39,6 +40,53 @@ CHANGES_FILE = "config_changes.jsonl"
 # What a run writes into its folder (the report's pictures are named by the report package).
 _RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.json", "report.md")
 _RUN_FOLDERS = ("tensorboard",)
+
+
+#: Keys a resumed run may change: they do not change what is computed, only how long, how often
+#: it is logged, evaluated or saved, and where it runs. Everything else is refused on resume.
+SAFE_ON_RESUME = frozenset(
+    {
+        "description",
+        "data.num_workers",
+        "train.iterations",  # extends (or shortens) the run; the schedule follows the new length
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.device",
+        "train.run_dir",
+        "train.eval_batch_size",
+        "train.num_threads",
+        "train.tensorboard",
+        "train.report",
+    }
+)
+#: Keys no resume can change, even deliberately: the saved weights would not fit the model.
+FIXED_ON_RESUME = ("model.", "data.dataset")
+
+
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.01, "loss.params.margin": 0.4, ...}``: one entry per leaf value."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old value, new value)}`` for every leaf that differs (missing leaves are None)."""
+    a, b = flatten_config(old), flatten_config(new)
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        pair = (a.get(key), b.get(key))
+        # An empty mapping on one side and sub-keys on the other: the sub-keys say it all.
+        if pair[0] != pair[1] and not all(v in ({}, None) for v in pair):
+            out[key] = pair
+    return out
 
 
 class RunExistsError(ValueError):
@@ -133,3 +181,27 @@ def record_config_changes(
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
     return path
+
+
+def prepare_run_dir(
+    config: Config, ctx: dist_utils.DistributedContext, resume: str | Path | None, overwrite: bool
+) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder holding another run; drop the temporary
+    files a killed checkpoint write left. Rank 0 looks, every rank gets the same answer."""
+    run_dir = Path(config.train.run_dir)
+    same_folder = resume is not None and _checkpoint_folder(resume) == run_dir.resolve()
+    found = existing_run_files(run_dir) if ctx.is_main and not same_folder else []
+    found = dist_utils.broadcast_object(found, ctx)
+    if found and not overwrite:
+        raise refuse_existing_run(run_dir, found)
+    if ctx.is_main:
+        if found:
+            remove_run(run_dir)
+            print(f"--overwrite: removed the previous run in {run_dir}", flush=True)
+        remove_orphan_temporaries(run_dir)
+    dist_utils.barrier(ctx)
+
+
+def _checkpoint_folder(resume: str | Path) -> Path:
+    path = Path(resume)
+    return (path if path.is_dir() else path.parent).resolve()

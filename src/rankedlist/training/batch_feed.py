@@ -1,0 +1,97 @@
+"""The training batch feed: an endless P x K batch stream with per-sample seeded augmentation.
+
+Every sample's augmentation is seeded from (seed, epoch, batch, position in the global batch), not
+drawn from a shared stream, so a resumed run sees exactly the images an uninterrupted one would,
+whatever the number of data-loader workers or processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rankedlist.training.config import Config
+
+__all__ = ["EndlessBatches", "SeededSamples", "make_train_loader"]
+
+
+def _sample_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from small integers (splitmix64 steps; cheap per sample)."""
+    x = 0x9E3779B97F4A7C15
+    for part in parts:
+        x = (x ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return x >> 1
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so ``dataset[(index, seed)]`` transforms sample ``index`` under ``seed``.
+
+    torch's generator (the one torchvision's random transforms draw from) is seeded per sample
+    inside a forked RNG state, so the augmentation depends only on the sample's seed and the
+    caller's stream is left untouched.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        # The DataLoader calls this once per batch: one fork of the RNG state per batch.
+        with torch.random.fork_rng(devices=[]):
+            out = []
+            for index, seed in items:
+                # The CPU generator only: torch.manual_seed also reseeds every accelerator
+                # backend, which costs about a millisecond per call.
+                torch.default_generator.manual_seed(seed)
+                out.append(self.dataset[index])
+            return out
+
+
+class EndlessBatches:
+    """The P x K sampler's batches from ``(epoch, start)`` on, epoch after epoch, without end.
+
+    One data loader then serves the whole run, so its workers are not restarted at every epoch
+    (CUB with P = 20 has only 5 batches per epoch). Each index comes with its sample's seed.
+    """
+
+    def __init__(self, sampler: Any, epoch: int, start: int, seed: int, rank: int) -> None:
+        self.sampler, self.epoch, self.start = sampler, epoch, start
+        self.seed, self.rank = seed, rank
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, start = self.epoch, self.start
+        while True:
+            self.sampler.set_epoch(epoch, start_batch=start)
+            for b, batch in enumerate(self.sampler, start=start):
+                # Seeded by the position in the GLOBAL batch: the same image gets the same
+                # augmentation whatever the number of processes.
+                offset = self.rank * len(batch)
+                yield [
+                    (int(i), _sample_seed(self.seed, epoch, b, offset + j))
+                    for j, i in enumerate(batch)
+                ]
+            epoch, start = epoch + 1, 0
+
+
+def make_train_loader(
+    dataset: Dataset, sampler: Any, epoch: int, start: int, config: Config, rank: int
+) -> DataLoader:
+    """An endless loader from batch ``start`` of ``epoch`` (the batches already trained on are
+    skipped, not replayed)."""
+    return DataLoader(
+        SeededSamples(dataset),
+        batch_sampler=EndlessBatches(sampler, epoch, start, config.train.seed, rank),
+        num_workers=config.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        # Its own generator: creating the iterator must not draw from the global stream.
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )
