@@ -16,6 +16,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "require"]
 EXTRAS = {
     "baselines": ("pytorch-metric-learning", "the PML baseline losses (contrastive, triplet, ...)"),
     "export": ("onnx and onnxruntime", "ONNX export and ONNX models in `index build --model`"),
+    "tune": ("optuna", "hyper-parameter search (`rankedlist tune`)"),
 }
 
 
