@@ -130,3 +130,19 @@ def test_a_stateful_loss_is_checkpointed_and_resumed_without_special_cases(tmp_p
     a, b = load_checkpoint(whole)["losses"], load_checkpoint(parts)["losses"]
     assert int(a["high.calls"]) == int(b["high.calls"]) == 6
     assert torch.equal(a["high.running"], b["high.running"])  # the resumed state, bit for bit
+
+
+def test_test_false_never_opens_the_test_split(tmp_path, monkeypatch):
+    import rankedlist.data
+
+    real, opened = rankedlist.data.get_dataset, []
+
+    def recording(name, *args, split="train", **kwargs):
+        opened.append(split)
+        return real(name, *args, split=split, **kwargs)
+
+    monkeypatch.setattr(rankedlist.data, "get_dataset", recording)
+    result = train_module.main(tiny_config(tmp_path, "train.iterations=2", *VALIDATED), test=False)
+    assert result.status == "completed" and result.test_metrics == {}
+    assert sorted(set(opened)) == ["train", "val"]
+    assert not (tmp_path / "metrics.json").exists()

@@ -204,6 +204,7 @@ def main(
     overwrite: bool = False,
     allow_config_change: bool = False,
     on_validation: ValidationHook | None = None,
+    test: bool = True,
 ) -> TrainResult:
     """Train, select on validation, test once, report; in-process callers may call it repeatedly.
 
@@ -220,6 +221,8 @@ def main(
         allow_config_change: let a resume change any key but the model, the dataset and the
             loss (e.g. a lower ``optim.lr`` after a divergence); the change is recorded.
         on_validation: see :data:`ValidationHook`.
+        test: ``False`` ends a completed run after training and validation, without reading the
+            test split or writing the report (a tuner's trials must never see the test data).
 
     The process state a run changes (random generators, thread count, deterministic mode,
     signal handlers, the loss's work buffers) is restored on return, so two calls with the same
@@ -248,7 +251,7 @@ def main(
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         run, log = start_run(config, ctx, resume, overwrite, allow_config_change)
-        return _train_test_report(run, log, stop_after, on_validation)
+        return _train_test_report(run, log, stop_after, on_validation, test)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -257,7 +260,7 @@ def main(
         dist_utils.cleanup_distributed(ctx)
 
 
-def _train_test_report(run: Run, log: RunLog, stop_after, on_validation) -> TrainResult:
+def _train_test_report(run: Run, log: RunLog, stop_after, on_validation, test) -> TrainResult:
     try:
         why, signum = train_loop(run, log, stop_after, on_validation)
     except BaseException:
@@ -277,6 +280,9 @@ def _train_test_report(run: Run, log: RunLog, stop_after, on_validation) -> Trai
         )
         return TrainResult(run.run_dir, why, run.iteration, signal=signum, **done)
 
+    if not test:
+        log.close()
+        return TrainResult(run.run_dir, "completed", run.iteration, **done)
     # Training is complete and saved; a signal from here on must say how to finish the rest.
     try:
         with raise_on_signals():
