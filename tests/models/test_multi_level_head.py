@@ -1,5 +1,5 @@
 """MultiLevelHead: Caffe-style 5x5/3 pooling (checked against a brute-force loop), the
-small-map fallback, and the layer structure of protocols.md section 3."""
+small-map fallback, the whole head against a float64 reference, and the paper's layer structure."""
 
 from __future__ import annotations
 
@@ -48,11 +48,63 @@ def test_small_maps_fall_back_to_global_average() -> None:
     )
 
 
-def test_other_input_sizes_keep_the_grid() -> None:
-    head = MultiLevelHead(8, 16, map_size=(14, 14)).eval()
-    for size in (14, 20, 9, 3):
-        out = head(torch.randn(3, 8, size, size))
-        assert out.shape == (3, 16)
+def _adaptive_avg_pool(x: np.ndarray, out: tuple[int, int]) -> np.ndarray:
+    """Brute-force adaptive average pooling: output cell i averages input rows
+    floor(i H / oh) .. ceil((i + 1) H / oh) - 1 (likewise columns), PyTorch's windows."""
+    b, c, h, w = x.shape
+    res = np.zeros((b, c, *out), dtype=np.float64)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            r0, r1 = (i * h) // out[0], -((-(i + 1) * h) // out[0])
+            c0, c1 = (j * w) // out[1], -((-(j + 1) * w) // out[1])
+            res[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+    return res
+
+
+def _reference_head(head: MultiLevelHead, x: np.ndarray) -> np.ndarray:
+    """The documented head in float64 numpy (eval mode): pool (Caffe 5x5/3, global average for
+    maps under 5x5, then adaptive average to the grid) -> 1x1 conv -> BN -> ReLU -> flatten ->
+    FC -> BN -> ReLU -> FC, with the head's own weights and running statistics."""
+
+    def bn(v: np.ndarray, layer: torch.nn.modules.batchnorm._BatchNorm) -> np.ndarray:
+        shape = (1, -1) + (1,) * (v.ndim - 2)
+        mean, var, weight, bias = (
+            t.detach().double().numpy().reshape(shape)
+            for t in (layer.running_mean, layer.running_var, layer.weight, layer.bias)
+        )
+        return (v - mean) / np.sqrt(var + layer.eps) * weight + bias
+
+    if min(x.shape[-2:]) < 5:
+        pooled = x.mean(axis=(2, 3), keepdims=True)
+    else:
+        pooled = _caffe_avg_pool(x)
+    if pooled.shape[-2:] != head.grid:
+        pooled = _adaptive_avg_pool(pooled, head.grid)
+    conv_w = head.conv.weight.detach().double().numpy()[:, :, 0, 0]
+    h = np.maximum(bn(np.einsum("oc,bchw->bohw", conv_w, pooled), head.conv_bn), 0.0)
+    h = h.reshape(h.shape[0], -1)  # channel-major, as torch's flatten
+    h = np.maximum(bn(h @ head.fc1.weight.detach().double().numpy().T, head.fc1_bn), 0.0)
+    return h @ head.fc2.weight.detach().double().numpy().T
+
+
+@pytest.mark.parametrize("size", [14, 20, 9, 17, 3])
+def test_other_input_sizes_keep_the_grid(size: int) -> None:
+    # 14 pools straight to the 4x4 grid, 20 (6x6) and 17 (5x5) are averaged down to it, 9 (3x3)
+    # is spread up to it, 3 is globally averaged first: all must match the float64 reference.
+    torch.manual_seed(size)
+    head = MultiLevelHead(8, 16, map_size=(14, 14), conv_channels=6, hidden_dim=12).double()
+    for layer in (head.conv_bn, head.fc1_bn):  # non-trivial BN, so a skipped layer shows
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+        layer.weight.data.uniform_(0.5, 1.5)
+        layer.bias.data.normal_()
+    head.eval()
+    x = torch.randn(3, 8, size, size, dtype=torch.float64)
+    out = head(x)
+    assert head.grid == (4, 4) and out.shape == (3, 16)
+    np.testing.assert_allclose(
+        out.detach().numpy(), _reference_head(head, x.numpy()), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_structure_is_the_papers() -> None:

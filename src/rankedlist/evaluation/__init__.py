@@ -1,4 +1,4 @@
-"""Exact, chunked retrieval and clustering metrics (``shared/protocols.md`` section 2).
+"""Exact, chunked retrieval and clustering metrics (definitions: the README's Evaluation section).
 
 * :func:`retrieval_metrics`: Recall@K, R-Precision, MAP@R by cosine similarity.
 * :func:`nmi`: NMI of a seeded k-means clustering.

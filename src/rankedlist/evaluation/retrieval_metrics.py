@@ -1,6 +1,6 @@
 """Exact Recall@K, R-Precision and MAP@R by cosine similarity, in bounded memory.
 
-Definitions (``shared/protocols.md`` section 2): a query's relevant items are the gallery items
+Definitions (the README's Evaluation section): a query's relevant items are the gallery items
 of its class, its own item excluded by index when the query set is the gallery; R is their
 number. Ranking is a stable sort by descending similarity (lower gallery index first on ties).
 

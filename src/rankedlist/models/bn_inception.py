@@ -70,7 +70,8 @@ _BLOCKS = (
     _Block("inception_5b", 1024, 352, 192, 320, 192, 224, "max", 128),
 )
 
-#: Which block output each level taps (RLL-(L,M,H), rll-spec.md section 3).
+#: Which block output each level taps (RLL-(L,M,H) of Wang et al., Ranked List Loss,
+#: CVPR 2019 / TPAMI 2021).
 LEVEL_BLOCKS = {"low": "inception_3c", "mid": "inception_4e", "high": "inception_5b"}
 
 
@@ -91,7 +92,7 @@ class BNInception(nn.Module):
     """
 
     input_style = "bninception"
-    #: BGR means on the 0-255 scale (protocols.md section 3) and unit std.
+    #: BGR means on the 0-255 scale (the paper's released Caffe configs) and unit std.
     input_mean = (104.0, 117.0, 123.0)
     input_std = (1.0, 1.0, 1.0)
 

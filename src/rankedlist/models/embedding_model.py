@@ -18,8 +18,8 @@ class EmbeddingModel(nn.Module):
     ``forward(x)`` returns the RAW head outputs, ``{"high": (B, D)}`` or
     ``{"low": (B, D), "mid": (B, D), "high": (B, D)}``: each head is trained with its own loss,
     which normalises the embeddings itself. ``fuse(outputs)`` is the test-time embedding: the
-    raw heads concatenated in :attr:`head_names` order, then L2-normalised (rll-spec.md
-    section 3); ``embed(x) = fuse(forward(x))``.
+    raw heads concatenated in :attr:`head_names` order, then L2-normalised (RLL-(L,M,H),
+    Wang et al., Ranked List Loss, CVPR 2019 / TPAMI 2021); ``embed(x) = fuse(forward(x))``.
 
     Args:
         backbone: a module whose ``forward(x)`` returns ``{level: (B, C, H, W) map}`` for every

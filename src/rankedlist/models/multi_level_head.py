@@ -1,4 +1,5 @@
-"""The low- and mid-level embedding heads of RLL-(L,M,H) (protocols.md section 3)."""
+"""The low- and mid-level embedding heads of RLL-(L,M,H) (Wang et al., Ranked List Loss,
+CVPR 2019 / TPAMI 2021, and its released code)."""
 
 from __future__ import annotations
 

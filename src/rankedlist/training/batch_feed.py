@@ -32,7 +32,9 @@ class SeededSamples(Dataset):
 
     torch's generator (the one torchvision's random transforms draw from) is seeded per sample
     inside a forked RNG state, so the augmentation depends only on the sample's seed and the
-    caller's stream is left untouched.
+    caller's stream is left untouched. Each item is ``(image, label, index, seed)``: a batch
+    carries the dataset index of each sample (a cross-batch memory excludes older copies of the
+    same sample by it) and its seed (for augmentation applied to the whole batch later).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -52,7 +54,8 @@ class SeededSamples(Dataset):
                 # The CPU generator only: torch.manual_seed also reseeds every accelerator
                 # backend, which costs about a millisecond per call.
                 torch.default_generator.manual_seed(seed)
-                out.append(self.dataset[index])
+                image, label = self.dataset[index]
+                out.append((image, label, index, seed))
             return out
 
 

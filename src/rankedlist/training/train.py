@@ -138,7 +138,7 @@ def train_loop(
         run.train_set, run.sampler, run.epoch, run.batch, run.config, run.ctx.rank
     )
     with stop_on_signals() as flag:
-        for images, labels in loader:
+        for images, labels, _indices, _seeds in loader:
             try:
                 values, stop = train_one_step(
                     run.model, run.losses,
