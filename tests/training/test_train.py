@@ -166,7 +166,7 @@ def test_bf16_autocast_on_cpu_tracks_the_float32_run(tmp_path):
 
 def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path):
     """RLL-(L,M,H): one Ranked List Loss per head, summed; each head's own loss falls."""
-    config = tiny_config(tmp_path, "train.iterations=40", "model.multi_level=true")
+    config = tiny_config(tmp_path, "train.iterations=40", "model.multi_level=true", "optim.lr=0.01")
     result = train_module.main(config, stop_after=30)
     assert result.status == "stopped"
     records = train_records(tmp_path)
@@ -185,3 +185,17 @@ def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path
     built = run_module.build_losses(config, model, 10, DistributedContext())
     assert sorted(built) == ["high", "low", "mid"]
     assert all(type(fn.loss) is RankedListLoss for fn in built.values())  # the real loss
+
+
+def test_workers_give_the_same_run_and_resume_exactly(tmp_path):
+    """Two loader workers (batches augmented in the workers) give the losses of none, and a run
+    stopped and resumed with workers equals an uninterrupted one."""
+    common = ("train.iterations=10", "train.checkpoint_every=3")
+    none = train_module.main(tiny_config(tmp_path / "w0", *common), stop_after=8)
+    two = tiny_config(tmp_path / "w2", *common, "data.num_workers=2")
+    train_module.main(two, stop_after=5)
+    train_module.main(two, resume=tmp_path / "w2", stop_after=8)
+    assert none.status == "stopped"
+    losses = [r["loss"] for r in train_records(tmp_path / "w0")]
+    assert len(losses) == 8
+    assert [r["loss"] for r in train_records(tmp_path / "w2")] == losses

@@ -33,7 +33,7 @@ from rankedlist.data.inshop import InShop
 from rankedlist.data.pk_sampler import PKSampler
 from rankedlist.data.sop import StanfordOnlineProducts
 from rankedlist.data.splits import DatasetCountError
-from rankedlist.data.transforms import build_transform
+from rankedlist.data.transforms import build_batch_augment, build_transform
 
 __all__ = [
     "CUB200",
@@ -48,6 +48,7 @@ __all__ = [
     "MissingImagesError",
     "PKSampler",
     "StanfordOnlineProducts",
+    "build_batch_augment",
     "build_transform",
     "evaluation_splits",
     "get_dataset",

@@ -29,7 +29,9 @@ __all__ = [
     "IMAGENET_STD",
     "CropNonWhite",
     "ResizeLongSidePad",
+    "GlyphsToTensor",
     "ToBGR255MinusMean",
+    "build_batch_augment",
     "build_transform",
 ]
 
@@ -131,10 +133,52 @@ def build_transform(style: str, train: bool, image_size: int | None = None) -> C
             steps = [T.Resize(round(crop * 256 / 224)), T.CenterCrop(crop)]
         return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     if style == "glyphs":
+        if not train:
+            return GlyphsToTensor(image_size)
         steps = [T.Resize((image_size, image_size))] if image_size else []
-        if train:
-            steps.append(
-                T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1), fill=255)
-            )
+        steps.append(T.RandomAffine(**_GLYPH_AFFINE, fill=255))
         return T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
     raise ValueError(f"unknown transform style {style!r}; use one of {', '.join(STYLES)}")
+
+
+# The glyphs' augmentation, shared by the per-image and the batched pipelines.
+_GLYPH_AFFINE = {"degrees": 8, "translate": (0.06, 0.06), "scale": (0.9, 1.1)}
+
+
+class GlyphsToTensor:
+    """The glyph test pipeline: resize (when ``size`` is given and differs), then a float tensor
+    (3, S, S) normalised around 0.5. Datasets that hold their images as arrays (the glyphs) make
+    whole batches at once when their transform is this one."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"GlyphsToTensor(size={self.size})"
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.size is not None and image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.BILINEAR)
+        return self.from_uint8(np.asarray(image.convert("RGB"))[None])[0]
+
+    @staticmethod
+    def from_uint8(images: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) or grey (B, H, W) uint8 arrays to (B, 3, H, W) floats in [-1, 1]."""
+        # The arithmetic of ToTensor + Normalize(0.5, 0.5), so the values are the same bits.
+        x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).float().div_(255).sub_(0.5).div_(0.5)
+        if x.ndim == 3:
+            return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+def build_batch_augment(style: str, train: bool) -> Callable | None:
+    """The training augmentation of ``style`` applied to a whole batch, or None (there is none,
+    or ``train`` is False). Called as ``augment(images, seeds)``, one seed per image."""
+    if style not in STYLES:
+        raise ValueError(f"unknown transform style {style!r}; valid: {', '.join(STYLES)}")
+    if style != "glyphs" or not train:
+        return None
+    from rankedlist.data.batch_augment import BatchRandomAffine
+
+    a = _GLYPH_AFFINE
+    return BatchRandomAffine(a["degrees"], a["translate"][0], a["scale"], fill=1.0)

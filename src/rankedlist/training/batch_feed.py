@@ -7,11 +7,11 @@ whatever the number of data-loader workers or processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from rankedlist.training.config import Config
 
@@ -47,6 +47,11 @@ class SeededSamples(Dataset):
         return self.__getitems__([item])[0]
 
     def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        # A dataset that makes a whole batch in one array operation (deterministic: no seed).
+        fast = getattr(self.dataset, "fast_batch", None)
+        made = fast([index for index, _ in items]) if fast is not None else None
+        if made is not None:
+            return [(*item, index, seed) for item, (index, seed) in zip(made, items, strict=True)]
         # The DataLoader calls this once per batch: one fork of the RNG state per batch.
         with torch.random.fork_rng(devices=[]):
             out = []
@@ -86,15 +91,42 @@ class EndlessBatches:
 
 
 def make_train_loader(
-    dataset: Dataset, sampler: Any, epoch: int, start: int, config: Config, rank: int
+    dataset: Dataset,
+    sampler: Any,
+    epoch: int,
+    start: int,
+    config: Config,
+    rank: int,
+    augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> DataLoader:
     """An endless loader from batch ``start`` of ``epoch`` (the batches already trained on are
-    skipped, not replayed)."""
+    skipped, not replayed). ``augment(images, seeds)`` transforms each collated batch (in the
+    loader's workers when there are some, so it overlaps the training step)."""
+    workers = config.data.num_workers
     return DataLoader(
         SeededSamples(dataset),
         batch_sampler=EndlessBatches(sampler, epoch, start, config.train.seed, rank),
-        num_workers=config.data.num_workers,
+        num_workers=workers,
+        collate_fn=None if augment is None else _AugmentedCollate(augment),
         pin_memory=torch.cuda.is_available(),
+        # Workers live as long as the loader (one per run): no restart cost, and two batches
+        # each in flight ahead of the step.
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
         # Its own generator: creating the iterator must not draw from the global stream.
         generator=torch.Generator().manual_seed(config.train.seed),
     )
+
+
+class _AugmentedCollate:
+    """Collate ``(image, label, index, seed)`` items, then augment the image batch by seeds.
+
+    A class, not a closure: the loader's worker processes must be able to pickle it.
+    """
+
+    def __init__(self, augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.augment = augment
+
+    def __call__(self, items: list[Any]) -> list[torch.Tensor]:
+        images, labels, indices, seeds = default_collate(items)
+        return [self.augment(images, seeds), labels, indices, seeds]

@@ -55,6 +55,7 @@ class Run:
     train_set: Dataset
     val_set: Dataset | None
     eval_transform: Any
+    batch_augment: Any  # augment(images, seeds) of whole training batches, or None
     iteration: int = 0  # optimisation steps done
     epoch: int = 0
     batch: int = 0  # batches of `epoch` done
@@ -201,16 +202,20 @@ def build_losses(config: Config, model: nn.Module, num_classes: int, ctx) -> nn.
 
 def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretrained: bool) -> Run:
     """Model, data, losses, optimiser, schedule and sampler (identical weights on every rank)."""
-    from rankedlist.data import PKSampler, build_transform
+    from rankedlist.data import PKSampler, build_batch_augment, build_transform
 
     t = config.train
     _set_seed(t.seed)
     model = build_model(config, load_pretrained)
     image_size = config.data.image_size or model.input_size
-    train_set = get_split_dataset(
-        config, "train", build_transform(model.input_style, True, image_size)
-    )
     eval_transform = build_transform(model.input_style, False, image_size)
+    # Where a style augments whole batches on tensors (glyphs), the images come in as the test
+    # pipeline makes them and the loader augments each batch; else per image, as usual.
+    batch_augment = build_batch_augment(model.input_style, train=True)
+    train_transform = (
+        eval_transform if batch_augment else build_transform(model.input_style, True, image_size)
+    )
+    train_set = get_split_dataset(config, "train", train_transform)
     val_set = (
         get_split_dataset(config, "val", eval_transform) if config.data.val_fraction > 0 else None
     )
@@ -235,6 +240,7 @@ def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretraine
         scaler=make_grad_scaler(t.amp, ctx.device),
         sampler=sampler, batches_per_epoch=batches_per_epoch,
         train_set=train_set, val_set=val_set, eval_transform=eval_transform,
+        batch_augment=batch_augment,
         best={"metric": t.select_metric, "value": None, "iteration": None},
     )  # fmt: skip
 

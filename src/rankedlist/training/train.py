@@ -135,10 +135,11 @@ def train_loop(
     if run.iteration >= end:
         return (None if run.iteration >= t.iterations else "stopped"), None
     loader = make_train_loader(
-        run.train_set, run.sampler, run.epoch, run.batch, run.config, run.ctx.rank
-    )
+        run.train_set, run.sampler, run.epoch, run.batch, run.config, run.ctx.rank,
+        augment=run.batch_augment,
+    )  # fmt: skip
     with stop_on_signals() as flag:
-        for images, labels, _indices, _seeds in loader:
+        for images, labels, indices, _seeds in loader:
             try:
                 values, stop = train_one_step(
                     run.model, run.losses,
@@ -146,6 +147,7 @@ def train_loop(
                     labels.to(run.ctx.device, non_blocking=True),
                     run.optimizer, run.scaler, run.config, run.ctx,
                     stop_requested=flag["signal"] is not None,
+                    indices=indices.to(run.ctx.device, non_blocking=True),
                 )  # fmt: skip
             except NonFiniteLossError as exc:
                 raise _diverged(run, run.iteration + 1, exc) from None
