@@ -16,22 +16,25 @@ from rankedlist.data.batch_augment import BatchRandomAffine, affine_parameters
 from rankedlist.data.transforms import GlyphsToTensor
 
 
-def test_each_image_is_torchvisions_affine_with_its_parameters():
-    images = torch.rand(16, 3, 32, 32) * 2 - 1
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_each_image_is_torchvisions_affine_with_its_parameters(size):
+    images = torch.rand(16, 3, *size) * 2 - 1
     seeds = torch.arange(16) * 7919 + 3
-    out = BatchRandomAffine()(images, seeds)
-    params = affine_parameters(seeds, 8.0, 0.06, (0.9, 1.1), (32, 32))
+    augment = BatchRandomAffine(degrees=30.0, translate=0.1)  # large, so errors show
+    out = augment(images, seeds)
+    params = affine_parameters(seeds, 30.0, 0.1, (0.9, 1.1), size)
     for i, (angle, tx, ty, scale) in enumerate(params.tolist()):
         expected = TF.affine(
             images[i], angle=angle, translate=[int(tx), int(ty)], scale=scale, shear=[0.0, 0.0],
             interpolation=InterpolationMode.NEAREST, fill=[1.0, 1.0, 1.0],
         )  # fmt: skip
-        torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-6)
+        # Nearest sampling: a pixel centre exactly on a boundary may round the other way.
+        assert (out[i] - expected).abs().gt(1e-6).float().mean() < 0.002
 
 
 def test_parameters_follow_torchvisions_random_affine():
     seeds = torch.arange(20_000)
-    ours = affine_parameters(seeds, 8.0, 0.06, (0.9, 1.1), (32, 32)).numpy()
+    ours = affine_parameters(seeds, 8.0, 0.06, (0.9, 1.1), (32, 32))
     torch.manual_seed(0)
     theirs = np.array([
         [a, t[0], t[1], s]

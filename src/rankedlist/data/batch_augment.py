@@ -14,8 +14,7 @@ scale_max], about the image centre, nearest-neighbour sampling, ``fill`` outside
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,20 +27,31 @@ def affine_parameters(
     translate: float,
     scale: tuple[float, float],
     size: tuple[int, int],
-) -> torch.Tensor:
+) -> np.ndarray:
     """``(B, 4)`` float64 rows ``(angle in degrees, tx px, ty px, scale)``, one per seed.
 
-    Each row depends only on its seed: four uniforms from a generator seeded with it.
+    Each row depends only on its seed: four uniforms hashed from it (splitmix64, vectorised:
+    a generator object per sample would cost more than the warp itself).
     """
     height, width = size
-    rows = []
-    for seed in seeds.tolist():
-        u = torch.rand(4, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
-        angle = (2 * u[0] - 1) * degrees
-        tx = torch.round((2 * u[1] - 1) * translate * width)
-        ty = torch.round((2 * u[2] - 1) * translate * height)
-        rows.append(torch.stack([angle, tx, ty, scale[0] + u[3] * (scale[1] - scale[0])]))
-    return torch.stack(rows) if rows else torch.zeros(0, 4, dtype=torch.float64)
+    u = _uniforms(seeds.numpy().astype(np.uint64), 4)
+    angle = (2 * u[:, 0] - 1) * degrees
+    tx = np.round((2 * u[:, 1] - 1) * translate * width)
+    ty = np.round((2 * u[:, 2] - 1) * translate * height)
+    zoom = scale[0] + u[:, 3] * (scale[1] - scale[0])
+    return np.stack([angle, tx, ty, zoom], axis=1)
+
+
+def _uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
+    """``(len(seeds), count)`` uniforms in [0, 1) from splitmix64 of ``seed`` and the column."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps on purpose
+        x = seeds[:, None] + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(
+            0x9E3779B97F4A7C15
+        )
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 class BatchRandomAffine:
@@ -73,7 +83,7 @@ class BatchRandomAffine:
     def __call__(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         params = affine_parameters(seeds, self.degrees, self.translate, self.scale, (h, w))
-        theta = _sampling_matrices(params, h, w).to(images.device, images.dtype)
+        theta = torch.from_numpy(_sampling_matrices(params, h, w)).to(images.device, images.dtype)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         # grid_sample pads with zeros: shift so that zero is the fill value.
         warped = F.grid_sample(
@@ -82,24 +92,19 @@ class BatchRandomAffine:
         return warped + self.fill
 
 
-def _sampling_matrices(params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _sampling_matrices(params: np.ndarray, h: int, w: int) -> np.ndarray:
     """``(B, 2, 3)`` matrices mapping output to input coordinates in ``affine_grid``'s [-1, 1].
 
-    The forward map (input -> output, in pixels about the centre) is
-    ``y = T + R(angle) S x`` with the angle counter-clockwise on screen, as torchvision's;
-    ``grid_sample`` needs its inverse in normalised coordinates.
+    The forward map (input -> output, in pixels about the centre) is ``y = T + R(angle) S x``
+    with torchvision's angle convention; ``grid_sample`` needs its inverse in normalised
+    coordinates (checked against torchvision.transforms.functional.affine in the tests).
     """
-    angle = params[:, 0] * math.pi / 180
+    angle = np.deg2rad(params[:, 0])
     tx, ty, s = params[:, 1], params[:, 2], params[:, 3]
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # Inverse of the rotation-scale in pixel coordinates (the y axis points down on screen);
-    # checked against torchvision.transforms.functional.affine in the tests.
-    inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2) / s.view(
-        -1, 1, 1
-    )
-    # Pixel <-> normalised: x_norm = x_px * 2 / w (about the centre, align_corners=False).
-    to_norm = torch.diag(torch.tensor([2.0 / w, 2.0 / h], dtype=params.dtype))
-    to_px = torch.diag(torch.tensor([w / 2.0, h / 2.0], dtype=params.dtype))
-    linear = to_norm @ inv @ to_px
-    shift = -(to_norm @ inv @ torch.stack([tx, ty], -1).unsqueeze(-1)).squeeze(-1)
-    return torch.cat([linear, shift.unsqueeze(-1)], dim=-1)
+    cos, sin = np.cos(angle) / s, np.sin(angle) / s
+    # The inverse rotation-scale in pixels, then pixels <-> normalised (x_norm = x_px * 2 / w).
+    a, b = cos, sin * h / w  # row 1: x_in = a x + b y (normalised)
+    c, d = -sin * w / h, cos  # row 2
+    ex = -(cos * tx + sin * ty) * 2 / w
+    ey = -(-sin * tx + cos * ty) * 2 / h
+    return np.stack([np.stack([a, b, ex], -1), np.stack([c, d, ey], -1)], 1)
