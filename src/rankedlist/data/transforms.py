@@ -165,7 +165,13 @@ class GlyphsToTensor:
     def from_uint8(images: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) or grey (B, H, W) uint8 arrays to (B, 3, H, W) floats in [-1, 1]."""
         # The arithmetic of ToTensor + Normalize(0.5, 0.5), so the values are the same bits.
-        x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).float().div_(255).sub_(0.5).div_(0.5)
+        x = (
+            torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+            .float()
+            .div_(255)
+            .sub_(0.5)
+            .div_(0.5)
+        )
         if x.ndim == 3:
             return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
         return x.permute(0, 3, 1, 2).contiguous()
