@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from rankedlist.training.config import Config
+from rankedlist.training.config import Config, resolve_num_workers
 
 __all__ = ["EndlessBatches", "SeededSamples", "make_train_loader"]
 
@@ -102,7 +102,7 @@ def make_train_loader(
     """An endless loader from batch ``start`` of ``epoch`` (the batches already trained on are
     skipped, not replayed). ``augment(images, seeds)`` transforms each collated batch (in the
     loader's workers when there are some, so it overlaps the training step)."""
-    workers = config.data.num_workers
+    workers = resolve_num_workers(config.data.num_workers)
     return DataLoader(
         SeededSamples(dataset),
         batch_sampler=EndlessBatches(sampler, epoch, start, config.train.seed, rank),

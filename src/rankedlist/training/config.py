@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 __all__ = [
+    "MEMORY_LOSSES",
     "Config",
     "DataConfig",
     "LossConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "parse_overrides",
+    "resolve_num_workers",
     "save_config",
     "shipped_recipes_dir",
 ]
@@ -40,6 +43,9 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
+# Losses that can rank against a cross-batch memory (RLL's own; PML's CrossBatchMemory for the
+# pairings of the XBM paper). Proxy-based and the remaining baselines cannot.
+MEMORY_LOSSES = ("rll", "contrastive", "multi_similarity")
 
 
 @dataclass
@@ -53,7 +59,7 @@ class DataConfig:
     k: int = 4  # images per class
     image_size: int | None = None  # None: the model's input_size
     val_fraction: float = 0.0  # share of the training classes held out for model selection
-    num_workers: int = 0
+    num_workers: int | None = None  # data-loader workers; None: one per core but one (max 8)
 
 
 @dataclass
@@ -76,6 +82,8 @@ class LossConfig:
 
     name: str = "rll"
     params: dict[str, Any] = field(default_factory=dict)
+    memory_size: int = 0  # cross-batch memory rows (XBM); 0: off
+    memory_start: int = 0  # iterations before the memory is filled and used (XBM's warm-up)
 
 
 @dataclass
@@ -147,8 +155,14 @@ class Config:
         _check(d.k >= 1, "data.k", d.k, "an integer >= 1 (images per class)")
         _check(d.image_size is None or d.image_size > 0, "data.image_size", d.image_size, "> 0")
         _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
-        _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+        _check(
+            d.num_workers is None or d.num_workers >= 0,
+            "data.num_workers",
+            d.num_workers,
+            ">= 0, or null for one per available core but one",
+        )
         _check(self.model.embedding_dim > 0, "model.embedding_dim", self.model.embedding_dim, "> 0")
+        self._validate_memory()
         _check(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {OPTIMIZERS}")
         _check(o.lr > 0, "optim.lr", o.lr, "> 0")
         _check(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "in [0, 1)")
@@ -189,6 +203,37 @@ class Config:
         )
         _check(bool(t.run_dir), "train.run_dir", t.run_dir, "a folder path")
         return self
+
+    def _validate_memory(self) -> None:
+        loss, d = self.loss, self.data
+        _check(loss.memory_size >= 0, "loss.memory_size", loss.memory_size, ">= 0 (0: no memory)")
+        _check(loss.memory_start >= 0, "loss.memory_start", loss.memory_start, ">= 0 iterations")
+        if loss.memory_size == 0:
+            return
+        _check(
+            loss.name in MEMORY_LOSSES,
+            "loss.memory_size",
+            loss.memory_size,
+            f"0: loss {loss.name!r} cannot rank against a memory (one of {MEMORY_LOSSES} can)",
+        )
+        _check(
+            loss.memory_size >= d.p * d.k,
+            "loss.memory_size",
+            loss.memory_size,
+            f"0 or at least the global batch data.p * data.k = {d.p * d.k}",
+        )
+
+
+def resolve_num_workers(num_workers: int | None) -> int:
+    """``data.num_workers``, with ``None`` resolved to the cores this process may use, minus one
+    for the training step itself, at most 8 (more rarely pays on one machine)."""
+    if num_workers is not None:
+        return num_workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
