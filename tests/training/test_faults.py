@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import TINY  # the tiny GlyphNet runs (pytest puts this folder on sys.path)
 
 from rankedlist.cli.main import main as cli
 from rankedlist.training import run as run_module
@@ -29,20 +30,6 @@ from rankedlist.training.checkpoint import EXPLODED, load_checkpoint
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 GLYPHS = str(REPO / "configs" / "glyphs.yaml")
-TINY = [
-    "data.p=8",
-    "data.k=2",
-    "data.image_size=32",
-    "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}",
-    "optim.lr=0.003",
-    "train.log_every=1",
-    "train.eval_batch_size=512",
-    "train.device=cpu",
-    "train.deterministic=true",
-    "train.tensorboard=false",
-    "train.report=false",
-]
 
 
 def train_cli(run_dir: Path, *args: str) -> int:
