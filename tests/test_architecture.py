@@ -29,9 +29,11 @@ ALLOWED = {
     "retrieval": {
         "(root)", "atomic_write", "extras", "data", "models", "evaluation", "training", "export",
     },
+    "tune": {"(root)", "atomic_write", "extras", "data", "models", "losses", "evaluation", "report",
+             "training"},
     "cli": {
         "(root)", "atomic_write", "extras", "data", "models", "losses", "evaluation", "report",
-        "training", "export", "retrieval",
+        "training", "export", "retrieval", "tune",
     },
     "atomic_write": set(),
     "extras": set(),
@@ -41,7 +43,8 @@ ALLOWED = {
 TRAINING_ORDER = [
     "config", "checkpoint", "health", "distributed", "amp", "optim", "global_batch_loss",
     "loss_factory", "recipe_data", "batch_feed", "run_folder", "run_log", "step",
-    "evaluation_pass", "run", "signals", "final_test", "train", "evaluate_checkpoint",
+    "evaluation_pass", "run", "checkpoint_model", "signals", "final_test", "train",
+    "evaluate_checkpoint",
 ]  # fmt: skip
 
 

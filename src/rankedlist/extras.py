@@ -15,7 +15,10 @@ __all__ = ["EXTRAS", "MissingExtraError", "require"]
 #: extra name -> (the distributions it installs, what it is for).
 EXTRAS = {
     "baselines": ("pytorch-metric-learning", "the PML baseline losses (contrastive, triplet, ...)"),
-    "export": ("onnx and onnxruntime", "ONNX export and ONNX models in `index build --model`"),
+    "export": (
+        "onnx, onnxruntime and onnxscript",
+        "ONNX export (`rankedlist export`) and ONNX models in `index build --model`",
+    ),
     "tune": ("optuna", "hyper-parameter search (`rankedlist tune`)"),
 }
 

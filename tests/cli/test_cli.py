@@ -248,3 +248,17 @@ def test_a_missing_extra_is_one_error_line_naming_it(monkeypatch, capsys, tmp_pa
         "pytorch-metric-learning, which is not installed; install it with: "
         "pip install 'rankedlist[baselines]'"
     )
+
+
+def test_evaluate_through_an_index(demo_run, capsys, tmp_path):
+    """--index-method exact reproduces the exact evaluation; ivf is scored beside it."""
+    _, run_dir = demo_run
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--index-method", "exact",
+                 "--output", str(out)]) == 0  # fmt: skip
+    metrics = json.loads(out.read_text())
+    via = metrics["fused via exact index"]
+    for key in ("recall@1", "recall@2", "r_precision", "map@r"):
+        assert via[key] == pytest.approx(metrics["fused"][key], abs=1e-9)
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--nprobe", "4"]) == 2
+    assert "need --index-method" in capsys.readouterr().err

@@ -56,3 +56,16 @@ def write_checkpoint(path: Path, seed: int = 0) -> tuple[Path, torch.nn.Module, 
     }
     save_checkpoint(state, path)
     return path, model.eval(), config
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors in hierarchical clusters and their class labels: groups of about 1000
+    (centres N(0, I)), classes of about 5 around them (+ N(0, I)), items around their class
+    (+ 0.7 N(0, I)); the structure of trained embeddings and of benchmarks/index_speed.py."""
+    rng = np.random.default_rng(seed)
+    groups, classes = max(1, n // 1000), max(1, n // 5)
+    centres = rng.standard_normal((groups, dim))[rng.integers(0, groups, classes)]
+    centres += rng.standard_normal((classes, dim))
+    labels = rng.integers(0, classes, n)
+    x = centres[labels] + 0.7 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels

@@ -17,7 +17,8 @@ from _retrieval_helpers import make_image_folder, write_checkpoint
 from rankedlist.cli.main import main as cli
 from rankedlist.retrieval import EmbeddingIndex, build_index_from_checkpoint
 from rankedlist.retrieval import embedding_index as embedding_index_module
-from rankedlist.retrieval import from_checkpoint as from_checkpoint_module
+from rankedlist.retrieval import images_to_index as images_to_index_module
+from rankedlist.retrieval import index_files as index_files_module
 
 RUNTIME = ["--device", "cpu", "--no-progress"]
 
@@ -160,7 +161,7 @@ def test_build_names_the_checkpoint_whatever_the_loader_raises(
             "  (a second line that must not reach the terminal as a line of its own)"
         )
 
-    monkeypatch.setattr(rankedlist.training, "load_checkpoint", raw_torch_error)
+    monkeypatch.setattr(rankedlist.training.checkpoint, "load_checkpoint", raw_torch_error)
     argv = ["index", "build", "--checkpoint", str(ckpt), "--images", str(images),
             "--out", str(tmp_path / "idx"), *RUNTIME]  # fmt: skip
     line = error_line(capsys, argv)
@@ -178,7 +179,7 @@ def _no_embedding(*args, **kwargs):
 @pytest.mark.parametrize("kind", ["file", "other-folder", "under-a-file", "read-only"])
 def test_build_checks_out_before_embedding(setup, tmp_path, capsys, monkeypatch, kind):
     root, ckpt, images = setup
-    monkeypatch.setattr(from_checkpoint_module, "embed_images", _no_embedding)
+    monkeypatch.setattr(images_to_index_module, "embed_images", _no_embedding)
     if kind == "file":
         out = tmp_path / "index.npy"
         out.write_bytes(b"mine")
@@ -196,7 +197,7 @@ def test_build_checks_out_before_embedding(setup, tmp_path, capsys, monkeypatch,
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
 
-        monkeypatch.setattr(embedding_index_module.tempfile, "mkdtemp", read_only)
+        monkeypatch.setattr(index_files_module.tempfile, "mkdtemp", read_only)
     argv = ["index", "build", "--checkpoint", str(ckpt), "--images", str(images),
             "--out", str(out), *RUNTIME]  # fmt: skip
     line = error_line(capsys, argv)
@@ -228,7 +229,7 @@ def test_build_accepts_an_out_it_may_replace(setup, tmp_path, capsys, monkeypatc
     def sentinel(*args, **kwargs):
         raise ValueError("embedding reached")
 
-    monkeypatch.setattr(from_checkpoint_module, "embed_images", sentinel)
+    monkeypatch.setattr(images_to_index_module, "embed_images", sentinel)
     argv = ["index", "build", "--checkpoint", str(ckpt), "--images", str(images),
             "--out", str(out), *RUNTIME]  # fmt: skip
     assert error_line(capsys, argv) == "error: embedding reached"
@@ -244,7 +245,7 @@ def test_a_full_disk_while_saving_names_out_and_keeps_the_old_index(
     def disk_full(path, arr):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(embedding_index_module, "_write_npy", disk_full)
+    monkeypatch.setattr(embedding_index_module, "write_npy", disk_full)
     argv = ["index", "build", "--checkpoint", str(ckpt), "--images", str(images),
             "--out", str(out), *RUNTIME]  # fmt: skip
     line = error_line(capsys, argv)

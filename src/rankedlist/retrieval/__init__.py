@@ -1,35 +1,53 @@
 """Retrieval: the end of the pipeline, images -> trained embedding model -> a searchable index.
 
-* :class:`EmbeddingIndex`: named, L2-normalised embeddings with exact cosine search
-  (``rankedlist.evaluation.nearest_neighbors``), atomic ``save`` / ``load`` of an index folder.
+* :class:`EmbeddingIndex`: named, L2-normalised embeddings searched exactly (cosine,
+  ``rankedlist.evaluation.nearest_neighbors``) or approximately (faiss ``ivf`` / ``hnsw``,
+  :mod:`~rankedlist.retrieval.index_methods`), atomic ``save`` / ``load`` of an index folder
+  (:mod:`~rankedlist.retrieval.index_files`), ``add`` without rebuilding.
 * :func:`embed_images` / :func:`list_images`: image files or a dataset -> embeddings.
-* :func:`load_model_from_checkpoint`, :func:`build_index_from_checkpoint`,
-  :func:`search_images`: from a training run's checkpoint to an index and its answers.
+* :func:`load_model_from_checkpoint`: a training run's model with its test transform;
+  :func:`open_index_model`: that, or an exported ONNX model run by onnxruntime.
+* :func:`build_index`, :func:`build_index_from_checkpoint`, :func:`add_images`,
+  :func:`search_images`: folders of images to an index, more images into it, and its answers.
+* :func:`approximate_retrieval_metrics`: Recall@K / R-Precision / MAP@R through an index, to see
+  what an approximate method costs on real embeddings.
 * :func:`save_search_picture`: the answers as a PNG grid.
-* :mod:`rankedlist.retrieval.cli_commands`: ``rankedlist index build`` / ``index search``.
+* :mod:`rankedlist.retrieval.cli_commands`: ``rankedlist index build`` / ``add`` / ``search``.
 
 Retrieval consumes every other subpackage; only the command line imports it.
 """
 
-from rankedlist.retrieval.embed_images import embed_images, list_images, resolve_device
+from rankedlist.retrieval.approximate_evaluation import approximate_retrieval_metrics
+from rankedlist.retrieval.embed_images import embed_images, list_images
 from rankedlist.retrieval.embedding_index import EmbeddingIndex, Match
-from rankedlist.retrieval.from_checkpoint import (
-    CheckpointModel,
+from rankedlist.retrieval.images_to_index import (
+    add_images,
+    build_index,
     build_index_from_checkpoint,
-    load_model_from_checkpoint,
-    resolve_checkpoint,
     search_images,
 )
+from rankedlist.retrieval.index_models import IndexModel, open_index_model
 from rankedlist.retrieval.search_picture import save_search_picture
+from rankedlist.training.checkpoint_model import (
+    CheckpointModel,
+    load_model_from_checkpoint,
+    resolve_checkpoint,
+    resolve_device,
+)
 
 __all__ = [
     "CheckpointModel",
     "EmbeddingIndex",
+    "IndexModel",
     "Match",
+    "add_images",
+    "approximate_retrieval_metrics",
+    "build_index",
     "build_index_from_checkpoint",
     "embed_images",
     "list_images",
     "load_model_from_checkpoint",
+    "open_index_model",
     "resolve_checkpoint",
     "resolve_device",
     "save_search_picture",

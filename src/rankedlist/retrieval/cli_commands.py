@@ -1,4 +1,4 @@
-"""``rankedlist index build`` and ``rankedlist index search``.
+"""``rankedlist index build``, ``rankedlist index add`` and ``rankedlist index search``.
 
 ``add_index_parser(subparsers)`` registers the ``index`` command on the main parser's
 sub-parsers; ``run_index_command(args)`` runs the chosen action and returns the exit code: 0, or
@@ -10,33 +10,49 @@ skipped unreadable image) are printed as one ``warning:`` line each.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
-__all__ = ["add_index_parser", "cmd_index_build", "cmd_index_search", "run_index_command"]
+from rankedlist.retrieval.index_actions import (
+    cmd_index_add,
+    cmd_index_build,
+    cmd_index_search,
+    os_reason,
+)
+
+__all__ = [
+    "add_index_parser",
+    "cmd_index_add",
+    "cmd_index_build",
+    "cmd_index_search",
+    "run_index_command",
+]
 
 
 def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``index`` (with ``build`` and ``search``) to ``parser.add_subparsers()``."""
     index = subparsers.add_parser(
         "index",
-        help="build a retrieval index of a folder of images with a trained model, and search it",
-        description="Embed a folder of images with a trained checkpoint into an index folder, "
-        "then find the nearest indexed images of query images.",
+        help="build a retrieval index of a folder of images with a trained model, add to it, "
+        "and search it",
+        description="Embed a folder of images with a trained checkpoint (or its ONNX export) "
+        "into an index folder, exact or approximate (faiss ivf / hnsw), add images to it, and "
+        "find the nearest indexed images of query images.",
     )
+    from rankedlist.retrieval.index_methods import AUTO_EXACT_BELOW, HNSW_EF_SEARCH
+
     actions = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
     build = actions.add_parser(
         "build",
         help="embed every image under a folder into an index folder",
-        description="Embed every image under --images (recursive) with the checkpoint's model "
-        "and write the index (embeddings.npy, items.json, meta.json) to --out.",
+        description="Embed every image under --images (recursive) with a run's checkpoint or an "
+        "exported ONNX model and write the index (embeddings.npy, items.json, meta.json, and "
+        "index.faiss for an approximate method) to --out.",
     )
-    build.add_argument("--checkpoint", required=True, help="a .pt file or a run folder")
+    _add_model_options(build, required=True)
     build.add_argument("--images", required=True, help="the folder of images to index")
     build.add_argument("--out", required=True, help="the index folder to write (replaced)")
     build.add_argument(
@@ -48,8 +64,40 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     build.add_argument(
         "--skip-corrupt", action="store_true", help="leave out unreadable images with a warning"
     )
+    build.add_argument(
+        "--method",
+        default="auto",
+        help=f"exact (faiss IndexFlatIP), ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat); auto "
+        f"(default): exact below {AUTO_EXACT_BELOW:,} images, ivf from there",
+    )
+    build.add_argument(
+        "--nlist", type=int, help="ivf: number of lists (default: power of two >= sqrt(N))"
+    )
+    build.add_argument(
+        "--nprobe", type=int, help="ivf: lists a search scans by default (default max(8, nlist/64))"
+    )
+    build.add_argument(
+        "--ef", type=int, help=f"hnsw: candidates a search explores by default ({HNSW_EF_SEARCH})"
+    )
     _add_runtime_options(build)
     build.set_defaults(index_handler=cmd_index_build)
+
+    add = actions.add_parser(
+        "add",
+        help="embed the images under a folder and append them to an existing index",
+        description="Embed every image under --images with the index's model and append them "
+        "to the index, without rebuilding it (an ivf index keeps its trained lists, an hnsw "
+        "index inserts them into its graph). An index with labels labels the new images by "
+        "their class sub-folder.",
+    )
+    add.add_argument("--index", required=True, help="an index folder from `index build`")
+    add.add_argument("--images", required=True, help="the folder of images to add")
+    _add_model_options(add, required=False)
+    add.add_argument(
+        "--skip-corrupt", action="store_true", help="leave out unreadable images with a warning"
+    )
+    _add_runtime_options(add)
+    add.set_defaults(index_handler=cmd_index_add)
 
     search = actions.add_parser(
         "search",
@@ -58,12 +106,15 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
         "indexed images with cosine similarities.",
     )
     search.add_argument("--index", required=True, help="an index folder from `index build`")
-    search.add_argument(
-        "--checkpoint",
-        help="the model that embeds the queries (default: the checkpoint the index was built with)",
-    )
+    _add_model_options(search, required=False)
     search.add_argument("queries", nargs="+", metavar="QUERY", help="image files or folders")
     search.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    search.add_argument(
+        "--nprobe", type=int, help="ivf index: lists to scan (default: the index's)"
+    )
+    search.add_argument(
+        "--ef", type=int, help="hnsw index: candidates to explore (default: the index's)"
+    )
     search.add_argument("--picture", help="also draw the results into this PNG")
     search.add_argument("--json", dest="json_out", help="also write the results to this JSON")
     search.add_argument(
@@ -74,6 +125,19 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_runtime_options(search)
     search.set_defaults(index_handler=cmd_index_search)
     return index
+
+
+def _add_model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    default = "" if required else " (default: the model the index was built with)"
+    group.add_argument(
+        "--checkpoint", help=f"a run's .pt file or run folder that embeds the images{default}"
+    )
+    group.add_argument(
+        "--model",
+        help="an ONNX file from `rankedlist export` that embeds the images with onnxruntime "
+        f"(needs pip install 'rankedlist[export]'){default}",
+    )
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -93,13 +157,16 @@ def run_index_command(args: argparse.Namespace) -> int:
     """
     import torch
 
+    from rankedlist.extras import MissingExtraError
+
+    OOM = torch.cuda.OutOfMemoryError  # noqa: N806
     debug = getattr(args, "debug", False)
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = _print_warning
         try:
             return args.index_handler(args)
-        except (ValueError, TypeError, OSError, torch.cuda.OutOfMemoryError) as exc:
+        except (ValueError, TypeError, OSError, MissingExtraError, OOM) as exc:
             if debug:
                 raise
             print(f"error: {_one_line(_error_message(exc, args))}", file=sys.stderr)
@@ -132,7 +199,7 @@ def _error_message(exc: BaseException, args: argparse.Namespace) -> str:
         return str(exc).replace("pass skip_corrupt=True to skip unreadable images", skip)
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         # An errno error that no step above explained (a permission, a failing disk).
-        return f"{_os_reason(exc)} (check the path, its permissions and the disk)"
+        return f"{os_reason(exc)} (check the path, its permissions and the disk)"
     return str(exc)
 
 
@@ -143,168 +210,3 @@ def _one_line(text: object) -> str:
 def _print_warning(message: Warning | str, *_: Any, **__: Any) -> None:
     """``warnings.showwarning`` for the command line: ``warning: <message>``, no source line."""
     print(f"warning: {_one_line(message)}", file=sys.stderr)
-
-
-def cmd_index_build(args: argparse.Namespace) -> int:
-    """``rankedlist index build``: embed ``--images`` with ``--checkpoint``, save to ``--out``.
-
-    ``--out`` is checked first (not a file or a folder of other things, writable), so a bad
-    output folder fails at once rather than after every image is embedded.
-    """
-    from rankedlist.retrieval.embedding_index import check_index_destination
-    from rankedlist.retrieval.from_checkpoint import build_index_from_checkpoint
-
-    try:
-        check_index_destination(args.out)
-    except OSError as err:
-        raise type(err)(f"--out: {err}") from err
-    index = build_index_from_checkpoint(
-        args.checkpoint,
-        args.images,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        skip_corrupt=args.skip_corrupt,
-        labels_from_folders=args.labels_from_folders,
-    )
-    try:
-        out = index.save(args.out)
-    except (FileExistsError, NotADirectoryError):
-        raise  # the folder changed since the check: the message says what to do
-    except OSError as err:
-        raise OSError(
-            f"could not write the index to {args.out} ({_os_reason(err)}); free disk space or "
-            "choose another --out (a previous index there is unchanged)"
-        ) from err
-    print(
-        f"indexed {len(index)} images ({index.dim}-d) from {args.images} with "
-        f"{index.meta['checkpoint']} into {out}"
-    )
-    if index.labels is not None and len(index) > 1:
-        metrics = index.evaluate()
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "lone_queries")
-        print(f"self-retrieval ({len(index.meta.get('classes', []))} classes): {shown}")
-    return 0
-
-
-def _query_files(queries: list[str]) -> list[Path]:
-    from rankedlist.retrieval.embed_images import list_images
-
-    files: list[Path] = []
-    for q in queries:
-        path = Path(q)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise ValueError(f"query folder {path} holds no image files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"query image {path} not found")
-    return files
-
-
-def _query_labels(files: list[Path], classes: list[str] | None) -> list[int | None] | None:
-    """A query's label is known when its parent folder is one of the index's class names."""
-    if not classes:
-        return None
-    lookup = {c: i for i, c in enumerate(classes)}
-    labels = [lookup.get(f.parent.name) for f in files]
-    return labels if any(label is not None for label in labels) else None
-
-
-def cmd_index_search(args: argparse.Namespace) -> int:
-    """``rankedlist index search``: print (and optionally draw) each query's nearest items."""
-    from rankedlist.retrieval.embedding_index import EmbeddingIndex
-    from rankedlist.retrieval.from_checkpoint import search_images
-
-    if isinstance(args.k, bool) or args.k < 1:
-        raise ValueError(f"--k must be at least 1, got {args.k}")
-    index = EmbeddingIndex.load(args.index)
-    checkpoint = args.checkpoint or index.meta.get("checkpoint")
-    if checkpoint is None:
-        raise ValueError(
-            f"the index {args.index} does not record its checkpoint: pass --checkpoint"
-        )
-    if args.checkpoint is None and not Path(checkpoint).exists():
-        raise FileNotFoundError(
-            f"the checkpoint {checkpoint} that built the index {args.index} is gone: pass "
-            "--checkpoint with the run's checkpoint (the same model), or rebuild the index"
-        )
-    files = _query_files(args.queries)
-    results = search_images(
-        index,
-        checkpoint,
-        files,
-        args.k,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=not args.no_progress,
-        skip_corrupt=args.skip_corrupt,
-    )
-    # With --skip-corrupt an unreadable query has no results (and had its warning).
-    found = [(q, hits) for q, hits in zip(files, results, strict=True) if hits]
-    files, results = [q for q, _ in found], [hits for _, hits in found]
-    for qpath, hits in zip(files, results, strict=True):
-        print(f"{qpath}")
-        for rank, m in enumerate(hits, 1):
-            label = "" if m.label is None else f"  [{_class_name(index, m.label)}]"
-            print(f"  {rank:>3}  {m.similarity:.4f}  {m.item}{label}")
-    if args.json_out:
-        payload = [
-            {
-                "query": str(q),
-                "results": [
-                    {
-                        "rank": r,
-                        "item": m.item,
-                        "path": str(m.path),
-                        "similarity": m.similarity,
-                        "label": m.label,
-                    }  # fmt: skip
-                    for r, m in enumerate(hits, 1)
-                ],
-            }
-            for q, hits in zip(files, results, strict=True)
-        ]
-        try:
-            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        except OSError as err:
-            raise OSError(
-                f"could not write --json {args.json_out} ({_os_reason(err)}); free disk space "
-                "or choose another path"
-            ) from err
-    if args.picture and files:
-        from rankedlist.retrieval.search_picture import save_search_picture
-
-        try:
-            picture = save_search_picture(
-                files,
-                results,
-                args.picture,
-                args.k,
-                query_labels=_query_labels(files, index.meta.get("classes")),
-                class_names=index.meta.get("classes"),
-            )
-        except OSError as err:
-            raise OSError(
-                f"could not write --picture {args.picture} ({_os_reason(err)}); free disk space "
-                "or choose another path"
-            ) from err
-        print(f"picture: {picture}", file=sys.stderr)
-    return 0
-
-
-def _os_reason(err: OSError) -> str:
-    """``strerror: file`` of an errno error (the file may be a temporary one), else the text."""
-    if err.strerror and err.filename is not None:
-        return f"{err.strerror}: {err.filename}"
-    return err.strerror or str(err)
-
-
-def _class_name(index: Any, label: int) -> str:
-    classes = index.meta.get("classes")
-    return str(classes[label]) if classes and 0 <= label < len(classes) else f"label {label}"

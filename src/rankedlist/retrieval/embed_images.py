@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from rankedlist.data import read_rgb
 from rankedlist.data.image_folder import IMG_EXTENSIONS, list_image_files
+from rankedlist.training.checkpoint_model import resolve_device
 
-__all__ = ["embed_images", "list_images", "resolve_device", "IMG_EXTENSIONS"]
+__all__ = ["embed_images", "list_images", "IMG_EXTENSIONS"]
 
 
 def list_images(
@@ -36,27 +37,6 @@ def list_images(
         raise NotADirectoryError(f"{folder} is a file; pass the folder that holds the images")
     # The data package's scan is the one the folder dataset uses: same files, same order.
     return list_image_files(folder, extensions)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
-    name = device.strip().lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} was requested but CUDA is not available; use 'cpu' or 'auto'"
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(
-            f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from err
 
 
 class _Images(Dataset):

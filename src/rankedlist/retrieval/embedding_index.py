@@ -249,6 +249,12 @@ class EmbeddingIndex:
         sims, rows = nearest_neighbors(q, gallery, k, exclude_self, backend)
         return np.asarray(sims, dtype=np.float32), np.asarray(rows, dtype=np.int64)
 
+    def search_setting(self, nprobe: int | None = None, ef: int | None = None) -> dict[str, int]:
+        """The search parameter :meth:`search` would use (``{"nprobe": n}``, ``{"ef": n}`` or
+        ``{}`` for an exact index): the given one, checked, or the index's default. Raises
+        ValueError for a parameter that does not apply to this index's method."""
+        return self._method.search_setting(nprobe, ef)
+
     def search_items(
         self,
         queries: Any = None,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.checkpoint import load_checkpoint
 from rankedlist.training.config import config_from_dict
-from rankedlist.training.evaluation_pass import evaluate
+from rankedlist.training.evaluation_pass import FUSED, evaluate
 from rankedlist.training.recipe_data import (
     evaluation_split_names,
     get_split_dataset,
@@ -23,11 +24,14 @@ def evaluate_checkpoint(
     split: str = "test",
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "auto",
+    embeddings_out: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Re-evaluate a saved model on a split (``test``, ``val`` or ``train``) of its recipe's data.
 
     ``overrides`` are ``key=value`` strings applied to the saved config (e.g. ``data.root=...``).
-    Returns ``{"fused": metrics, head: metrics, ...}``.
+    Returns ``{"fused": metrics, head: metrics, ...}``. When ``embeddings_out`` is a dict it
+    receives ``embeddings`` (the fused ones; queries then gallery), ``labels``,
+    ``query_count`` and ``protocol``, e.g. to score them through an approximate index.
     """
     from rankedlist.data import build_transform
     from rankedlist.training.config import apply_overrides
@@ -54,7 +58,12 @@ def evaluate_checkpoint(
         query = get_split_dataset(config, query_split, transform)
         gallery = get_split_dataset(config, gallery_split, transform) if gallery_split else None
         protocol = protocol_name(config) if split == "test" else "default"
-        metrics, _, _ = evaluate(model, query, gallery, protocol, ctx, config)
+        metrics, embeddings, labels = evaluate(model, query, gallery, protocol, ctx, config)
+        if embeddings_out is not None:
+            embeddings_out.update(
+                embeddings=embeddings[FUSED], labels=labels, protocol=protocol,
+                query_count=len(query) if gallery is not None else len(labels),
+            )  # fmt: skip
         return metrics
     finally:
         dist_utils.cleanup_distributed(ctx)

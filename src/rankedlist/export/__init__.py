@@ -1,0 +1,31 @@
+"""Export: a trained embedding model as a file other runtimes can load.
+
+* :func:`export_checkpoint`: a run -> ONNX (opset 18, dynamic batch) or TorchScript, checked
+  against PyTorch before it is written, with the input contract in the file and beside it.
+* :func:`input_contract` / :func:`prepare_image`: the preprocessing an exported model expects,
+  as data, and a numpy + PIL reference implementation of it.
+* :func:`load_onnx_model`: an exported ONNX model run by onnxruntime, with the ``embed``
+  interface the retrieval index uses (``rankedlist index build --model FILE.onnx``).
+* :mod:`rankedlist.export.cli_commands`: ``rankedlist export``.
+
+onnx, onnxruntime and onnxscript are the optional extra ``rankedlist[export]``; they are
+imported only when an ONNX file is written or read. Nothing here is imported by the rest of the
+package except the retrieval index's ``--model`` path.
+"""
+
+from rankedlist.export.checked_export import ExportResult, export_checkpoint, parity
+from rankedlist.export.exporters import FORMATS, ONNX_OPSET
+from rankedlist.export.input_contract import input_contract, prepare_image
+from rankedlist.export.onnx_model import OnnxEmbeddingModel, load_onnx_model
+
+__all__ = [
+    "FORMATS",
+    "ONNX_OPSET",
+    "ExportResult",
+    "OnnxEmbeddingModel",
+    "export_checkpoint",
+    "input_contract",
+    "load_onnx_model",
+    "parity",
+    "prepare_image",
+]

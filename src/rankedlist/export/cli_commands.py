@@ -1,0 +1,103 @@
+"""``rankedlist export``: a run's embedding model as an ONNX or TorchScript file.
+
+``add_export_parser(subparsers)`` registers the command on the main parser's sub-parsers;
+``run_export_command(args)`` runs it and returns the exit code: 0, or 2 after printing one
+``error:`` line (what is wrong, the file, the fix) for a bad input, a missing optional
+dependency, a model that cannot be exported or an export that does not match PyTorch;
+``--debug`` raises the error instead, with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any
+
+__all__ = ["add_export_parser", "run_export_command"]
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``export`` to ``parser.add_subparsers()``."""
+    from rankedlist.export.exporters import FORMATS, ONNX_OPSET
+
+    export = subparsers.add_parser(
+        "export",
+        help="export a run's embedding model to ONNX or TorchScript, with its input contract",
+        description="Export the model a run's test numbers came from (model.embed: every head "
+        "fused and L2-normalised), with a dynamic batch dimension, to ONNX (run by onnxruntime) "
+        "or TorchScript. The input contract (input size, channel order, scaling, mean/std, the "
+        "test-time resize and crop) goes into the file and into FILE.json beside it. The file "
+        "is checked against PyTorch on random images before it is written.",
+    )
+    export.add_argument("--checkpoint", required=True, help="a .pt file or a run folder")
+    export.add_argument("--out", required=True, help="the file to write (.onnx, .pt or .ts)")
+    export.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="onnx or torchscript (default: from --out's suffix: .onnx -> onnx, .pt/.ts -> "
+        "torchscript); ONNX needs pip install 'rankedlist[export]'",
+    )
+    export.add_argument(
+        "--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})"
+    )
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the parity check of the file against PyTorch",
+    )
+    return export
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    """Run ``rankedlist export``; one ``error:`` line and exit code 2 on a bad input."""
+    from rankedlist.extras import MissingExtraError
+
+    try:
+        return _export(args)
+    except (ValueError, TypeError, OSError, MissingExtraError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {_one_line(_message(exc))}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rankedlist.export.checked_export import export_checkpoint
+
+    result = export_checkpoint(
+        args.checkpoint, args.out, args.format, opset=args.opset, check=not args.no_check
+    )
+    contract = result.contract
+    shape = ", ".join(str(s) for s in contract["input"]["shape"])
+    what = (
+        "ONNX opset " + str(contract["export"]["opset"])
+        if result.format == "onnx"
+        else "TorchScript"
+    )
+    print(
+        f"exported {contract['model']['checkpoint']} (iteration {contract['model']['iteration']})"
+        f" to {result.path}: {what} via {result.exporter}"
+    )
+    print(f"  input  {contract['input']['name']}: float32 [{shape}], {contract['summary']}")
+    dim = contract["output"]["shape"][1]
+    print(f"  output {contract['output']['name']}: float32 [batch, {dim}], L2-normalised")
+    if result.parity:
+        p = result.parity
+        print(
+            f"  parity with PyTorch ({p['runtime']}, {p['images']} random images, batches of "
+            f"{p['images']} and 1): min cosine {p['min_cosine']:.7f}, max |difference| "
+            f"{p['max_abs_diff']:.1e}"
+        )
+    print(f"  input contract: in the file and in {result.sidecar}")
+    return 0
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename} (check the path, its permissions and the disk)"
+    return str(exc)
+
+
+def _one_line(text: object) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(text).strip())

@@ -1,0 +1,289 @@
+"""The actions of ``rankedlist index``: build, add, search (their parser and error handling are
+in :mod:`rankedlist.retrieval.cli_commands`). Each takes the parsed arguments, prints its
+result and returns 0, or raises an error whose message is one line for the user."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cmd_index_add", "cmd_index_build", "cmd_index_search", "os_reason"]
+
+# The build options of each approximate method (the CLI spelling).
+_METHOD_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "ef": "hnsw"}
+# An ivf index whose items outnumber those its centroids were trained on by this factor should
+# be rebuilt: the lists grow unevenly and a fixed nprobe scans a growing share of the index.
+_REBUILD_GROWTH = 4
+
+
+def os_reason(err: OSError) -> str:
+    """``strerror: file`` of an errno error (the file may be a temporary one), else the text."""
+    if err.strerror and err.filename is not None:
+        return f"{err.strerror}: {err.filename}"
+    return err.strerror or str(err)
+
+
+def _describe_method(index: Any) -> str:
+    p = index.method_params
+    if index.method == "ivf":
+        return (
+            f"ivf: {p['nlist']} lists, nprobe {p['nprobe']}, centroids trained on "
+            f"{p['training_sample']} of {p['trained_on_items']} items"
+        )
+    if index.method == "hnsw":
+        return f"hnsw: M {p['M']}, ef_construction {p['ef_construction']}, ef {p['ef']}"
+    return "exact"
+
+
+def _method_params(args: argparse.Namespace) -> dict[str, int]:
+    """The method options given on the command line, checked against ``--method`` before any
+    image is embedded."""
+    from rankedlist.retrieval.index_methods import resolve_method
+
+    resolve_method(args.method, 0)  # an unknown --method fails here, before any embedding
+    given = {o: getattr(args, o) for o in _METHOD_OPTIONS if getattr(args, o) is not None}
+    for option in given:
+        owner = _METHOD_OPTIONS[option]
+        if args.method != owner:
+            chosen = (
+                "the default method auto" if args.method == "auto" else f"--method {args.method}"
+            )
+            raise ValueError(
+                f"--{option} is a setting of the {owner} method but the index is built with "
+                f"{chosen}; pass --method {owner} with it, or leave --{option} out"
+            )
+        if given[option] < 1:
+            raise ValueError(f"--{option} must be at least 1, got {given[option]}")
+    return given
+
+
+def _check_search_setting(index: Any, args: argparse.Namespace) -> dict[str, int]:
+    """``--nprobe`` / ``--ef`` checked against the index's method (one line naming the index)."""
+    given = {o: getattr(args, o, None) for o in ("nprobe", "ef")}
+    for option, value in given.items():
+        if value is None:
+            continue
+        owner = _METHOD_OPTIONS[option]
+        if index.method != owner:
+            takes = {"ivf": " (it takes --nprobe)", "hnsw": " (it takes --ef)"}.get(
+                index.method, ""
+            )
+            raise ValueError(
+                f"--{option} applies to an {owner} index, but {args.index} is an "
+                f"{index.method} index{takes}; leave --{option} out, or rebuild the index with "
+                f"`rankedlist index build --method {owner}`"
+            )
+    try:
+        return index.search_setting(given["nprobe"], given["ef"])
+    except ValueError as err:
+        raise ValueError(f"{err} ({args.index})") from err
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    """``rankedlist index build``: embed ``--images`` with ``--checkpoint`` or ``--model``,
+    save to ``--out`` with ``--method``.
+
+    ``--out`` and the method options are checked first, so a bad output folder or option fails
+    at once rather than after every image is embedded.
+    """
+    from rankedlist.retrieval import images_to_index
+    from rankedlist.retrieval.index_files import check_index_destination
+
+    params = _method_params(args)
+    try:
+        check_index_destination(args.out)
+    except OSError as err:
+        raise type(err)(f"--out: {err}") from err
+    index = images_to_index.build_index(
+        args.images,
+        checkpoint=args.checkpoint,
+        model_file=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        skip_corrupt=args.skip_corrupt,
+        labels_from_folders=args.labels_from_folders,
+        method=args.method,
+        **params,
+    )
+    out = _save(index, args.out)
+    model = index.meta.get("model_file") or index.meta["checkpoint"]
+    print(
+        f"indexed {len(index)} images ({index.dim}-d) from {args.images} with {model} into "
+        f"{out} ({_describe_method(index)})"
+    )
+    _print_self_retrieval(index)
+    return 0
+
+
+def _save(index: Any, out: str) -> Path:
+    try:
+        return index.save(out)
+    except (FileExistsError, NotADirectoryError):
+        raise  # the folder changed since the check: the message says what to do
+    except OSError as err:
+        raise OSError(
+            f"could not write the index to {out} ({os_reason(err)}); free disk space or "
+            "choose another --out (a previous index there is unchanged)"
+        ) from err
+
+
+def _print_self_retrieval(index: Any) -> None:
+    if index.labels is not None and len(index) > 1:
+        metrics = index.evaluate()
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "lone_queries")
+        how = "" if index.method == "exact" else f", through the {index.method} index"
+        print(f"self-retrieval ({len(index.meta.get('classes', []))} classes{how}): {shown}")
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    """``rankedlist index add``: embed ``--images`` with the index's model and append them to
+    ``--index`` (an approximate index keeps its structure: nothing is retrained)."""
+    from rankedlist.retrieval import images_to_index
+    from rankedlist.retrieval.embedding_index import EmbeddingIndex
+
+    index = EmbeddingIndex.load(args.index)
+    before = len(index)
+    added = images_to_index.add_images(
+        index,
+        args.images,
+        checkpoint=args.checkpoint,
+        model_file=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        skip_corrupt=args.skip_corrupt,
+        index_name=args.index,
+    )
+    out = _save(index, args.index)
+    print(
+        f"added {added} images from {args.images} to {out}: {before} -> {len(index)} items "
+        f"({_describe_method(index)})"
+    )
+    trained_on = index.method_params.get("trained_on_items")
+    if trained_on and len(index) > _REBUILD_GROWTH * trained_on:
+        warnings.warn(
+            f"{out} now holds {len(index) / trained_on:.1f} times the items its ivf lists were "
+            "trained on; rebuild it with `rankedlist index build` to keep its recall and speed",
+            stacklevel=2,
+        )
+    return 0
+
+
+def _query_files(queries: list[str]) -> list[Path]:
+    from rankedlist.retrieval.embed_images import list_images
+
+    files: list[Path] = []
+    for q in queries:
+        path = Path(q)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise ValueError(f"query folder {path} holds no image files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"query image {path} not found")
+    return files
+
+
+def _query_labels(files: list[Path], classes: list[str] | None) -> list[int | None] | None:
+    """A query's label is known when its parent folder is one of the index's class names."""
+    if not classes:
+        return None
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = [lookup.get(f.parent.name) for f in files]
+    return labels if any(label is not None for label in labels) else None
+
+
+def cmd_index_search(args: argparse.Namespace) -> int:
+    """``rankedlist index search``: print (and optionally draw) each query's nearest items."""
+    from rankedlist.retrieval.embedding_index import EmbeddingIndex
+    from rankedlist.retrieval.images_to_index import search_images
+    from rankedlist.retrieval.index_models import model_for_index
+
+    if isinstance(args.k, bool) or args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    index = EmbeddingIndex.load(args.index)
+    setting = _check_search_setting(index, args)
+    model = model_for_index(index, args.checkpoint, args.model, args.device, args.index)
+    files = _query_files(args.queries)
+    results = search_images(
+        index,
+        model,
+        files,
+        args.k,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+        skip_corrupt=args.skip_corrupt,
+        **setting,
+    )
+    # With --skip-corrupt an unreadable query has no results (and had its warning).
+    found = [(q, hits) for q, hits in zip(files, results, strict=True) if hits]
+    files, results = [q for q, _ in found], [hits for _, hits in found]
+    for qpath, hits in zip(files, results, strict=True):
+        print(f"{qpath}")
+        for rank, m in enumerate(hits, 1):
+            label = "" if m.label is None else f"  [{_class_name(index, m.label)}]"
+            print(f"  {rank:>3}  {m.similarity:.4f}  {m.item}{label}")
+    if args.json_out:
+        _write_json(args.json_out, files, results)
+    if args.picture and files:
+        from rankedlist.retrieval.search_picture import save_search_picture
+
+        try:
+            picture = save_search_picture(
+                files,
+                results,
+                args.picture,
+                args.k,
+                query_labels=_query_labels(files, index.meta.get("classes")),
+                class_names=index.meta.get("classes"),
+            )
+        except OSError as err:
+            raise OSError(
+                f"could not write --picture {args.picture} ({os_reason(err)}); free disk space "
+                "or choose another path"
+            ) from err
+        print(f"picture: {picture}", file=sys.stderr)
+    return 0
+
+
+def _write_json(path: str, files: list[Path], results: list[list[Any]]) -> None:
+    payload = [
+        {
+            "query": str(q),
+            "results": [
+                {
+                    "rank": r,
+                    "item": m.item,
+                    "path": str(m.path),
+                    "similarity": m.similarity,
+                    "label": m.label,
+                }  # fmt: skip
+                for r, m in enumerate(hits, 1)
+            ],
+        }
+        for q, hits in zip(files, results, strict=True)
+    ]
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise OSError(
+            f"could not write --json {path} ({os_reason(err)}); free disk space or choose "
+            "another path"
+        ) from err
+
+
+def _class_name(index: Any, label: int) -> str:
+    classes = index.meta.get("classes")
+    return str(classes[label]) if classes and 0 <= label < len(classes) else f"label {label}"
