@@ -21,8 +21,9 @@ fail() { printf '[check_install] FAILED: %s\n' "$*" >&2; exit 1; }
 say "building the wheel"
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$repo" >/dev/null
 wheel="$(ls "$work"/dist/rankedlist-*.whl)"
-"$python" -c 'import sys, zipfile; sys.exit("rankedlist/configs/glyphs.yaml" not in
-    zipfile.ZipFile(sys.argv[1]).namelist())' "$wheel" || fail "the wheel lacks the recipes"
+"$python" -c 'import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist()
+sys.exit(not {"rankedlist/configs/glyphs.yaml", "rankedlist/tune/spaces/rll.yaml"} <= set(names))
+' "$wheel" || fail "the wheel lacks the recipes or the search spaces"
 
 say "installing $(basename "$wheel") into a fresh virtual environment"
 "$python" -m venv "$work/venv"

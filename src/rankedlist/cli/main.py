@@ -154,17 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_index_parser(sub)
     from rankedlist.export.cli_commands import add_export_parser
+    from rankedlist.tune.cli import add_tune_parser
 
     add_export_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 
 # Options whose next token is their value (never a config override, even if it holds "=").
 _VALUE_OPTIONS = frozenset(
     {"--config", "-c", "--checkpoint", "--split", "--device", "--output", "--stop-after",
-     "--index-method", "--nprobe", "--ef", "--nlist"}
+     "--index-method", "--nprobe", "--ef", "--nlist", "--trials", "--study", "--storage",
+     "--out", "--space", "--timeout", "--metric", "--pruner", "--seed"}
 )  # fmt: skip
-_COMMANDS_WITH_OVERRIDES = ("train", "evaluate", "show-config")
+_COMMANDS_WITH_OVERRIDES = ("train", "evaluate", "show-config", "tune")
 
 
 def _hoist_overrides(argv: Sequence[str]) -> list[str]:
@@ -281,6 +284,12 @@ def _through_index(args: argparse.Namespace, out: dict) -> dict[str, float]:
     )  # fmt: skip
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from rankedlist.tune.cli import run_tune_command
+
+    return run_tune_command(args)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from rankedlist.export.cli_commands import run_export_command
 
@@ -322,6 +331,7 @@ _COMMANDS = {
     "show-config": _cmd_show_config,
     "index": _cmd_index,
     "export": _cmd_export,
+    "tune": _cmd_tune,
 }
 
 
@@ -384,7 +394,7 @@ def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
     return None, 1
 
 
-_CONFIG_COMMANDS = ("train", "evaluate")
+_CONFIG_COMMANDS = ("train", "evaluate", "tune")
 _DISK_ERRORS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",

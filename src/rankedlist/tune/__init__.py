@@ -1,0 +1,21 @@
+"""Hyper-parameter search for ``rankedlist tune`` on Optuna (the ``tune`` extra).
+
+* :mod:`~rankedlist.tune.space`: the search spaces (shipped per loss in ``spaces/*.yaml``, a
+  ``--space`` file overrides them), checked before any trial runs;
+* :mod:`~rankedlist.tune.study`: storage (a journal file by default), study, seeded TPE sampler,
+  pruner, and claiming exactly N trials across workers;
+* :mod:`~rankedlist.tune.trials`: one trial, trained on the validation split only;
+* :mod:`~rankedlist.tune.search`: :func:`tune`, the search from the recipe to ``--out``;
+* :mod:`~rankedlist.tune.final`: the best configuration trained once more and tested once;
+* :mod:`~rankedlist.tune.report`: ``trials.csv``, ``report.md`` and its pictures;
+* :mod:`~rankedlist.tune.cli`: ``add_tune_parser`` and ``run_tune_command`` for the CLI.
+
+Optuna is imported only when a study runs, so ``import rankedlist.tune`` stays light.
+"""
+
+from __future__ import annotations
+
+from rankedlist.tune.cli import add_tune_parser, run_tune_command
+from rankedlist.tune.search import TuneOptions, TuneResult, tune
+
+__all__ = ["TuneOptions", "TuneResult", "add_tune_parser", "run_tune_command", "tune"]

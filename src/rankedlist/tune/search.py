@@ -1,0 +1,239 @@
+"""``tune(options)``: the search of ``rankedlist tune``, from the recipe to ``--out``.
+
+1. The recipe (a path or a recipe name) with its overrides, set up for the search: a
+   class-disjoint validation split (``data.val_fraction`` 0.2 when the recipe has none),
+   ``train.select_metric`` = the objective, a validation every ``train.iterations / 5``
+   iterations when the recipe has none, no TensorBoard, no report;
+2. the search space (:mod:`rankedlist.tune.space`), checked at both ends of every range;
+3. the study (:mod:`rankedlist.tune.study`), created or joined;
+4. trials until the study has N (:mod:`rankedlist.tune.trials`), ``--timeout`` or a signal;
+5. when all N are done: the best configuration trained once more and tested, ``best.yaml``,
+   ``trials.csv`` and ``report.md`` (:mod:`rankedlist.tune.final`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rankedlist.training.config import Config, TrainConfig, apply_overrides, load_config
+from rankedlist.tune.space import SearchSpace, load_space
+from rankedlist.tune.study import (
+    claim_trial,
+    counted_trials,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    open_study,
+    optuna_module,
+)
+from rankedlist.tune.trials import SignalGuard, run_trial
+
+__all__ = ["DEFAULT_METRIC", "TuneOptions", "TuneResult", "find_recipe", "tune"]
+
+#: The objective when the recipe keeps the trainer's default selection metric.
+DEFAULT_METRIC = "map@r"
+#: The validation share carved from the training classes when the recipe has none.
+DEFAULT_VAL_FRACTION = 0.2
+
+
+@dataclass
+class TuneOptions:
+    """What ``rankedlist tune`` takes (see ``rankedlist tune --help``)."""
+
+    config: str | Path
+    trials: int
+    study: str | None = None
+    storage: str | None = None
+    out: str | Path | None = None
+    space: str | Path | None = None
+    timeout: float | None = None
+    overrides: list[str] = field(default_factory=list)
+    metric: str | None = None
+    pruner: str = "median"
+    seed: int = 0
+    search_only: bool = False
+
+
+@dataclass
+class TuneResult:
+    """``status``: ``"done"`` (N trials, the final run tested unless ``search_only``),
+    ``"searching"`` (this worker has nothing left to claim; others still run trials),
+    ``"finishing"`` (another worker is training the best configuration), ``"timeout"`` or
+    ``"interrupted"`` (``signal`` says which)."""
+
+    status: str
+    out: Path
+    study: str
+    finished: int
+    n_trials: int
+    best: dict[str, Any] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    signal: int | None = None
+
+
+@dataclass
+class Setup:
+    """Everything a worker needs, resolved once."""
+
+    name: str
+    out: Path
+    recipe: Config  # the recipe with the command line's overrides
+    search: Config  # ... set up for the search (validation split, objective, no report)
+    space: SearchSpace
+    metric: str
+    storage_name: str
+    n_trials: int
+    options: TuneOptions
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe path as given, or a name in ``./configs`` or the shipped recipes."""
+    from rankedlist.training.config import shipped_recipes_dir
+
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for folder in (Path.cwd() / "configs", shipped_recipes_dir()):
+        for candidate in (folder / str(name_or_path), folder / f"{name_or_path}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"config {str(name_or_path)!r} not found (neither a file nor a recipe name); "
+        "`rankedlist recipes` lists the shipped recipes"
+    )
+
+
+def prepare(options: TuneOptions) -> Setup:
+    """Check the options, load the recipe and the space (no Optuna yet)."""
+    if (
+        isinstance(options.trials, bool)
+        or not isinstance(options.trials, int)
+        or options.trials < 1
+    ):
+        raise ValueError(f"--trials {options.trials!r}: give the study's total, an integer >= 1")
+    if options.timeout is not None and not options.timeout > 0:
+        raise ValueError(f"--timeout {options.timeout!r}: give seconds > 0 (or leave it out)")
+    path = find_recipe(options.config)
+    recipe = load_config(path, list(options.overrides))
+    metric = options.metric or (
+        recipe.train.select_metric
+        if recipe.train.select_metric != TrainConfig.select_metric
+        else DEFAULT_METRIC
+    )
+    if metric not in ("map@r", "r_precision") and not metric.startswith("recall@"):
+        raise ValueError(
+            f"--metric {metric!r} is not a validation metric; use map@r, r_precision or "
+            "recall@K (e.g. recall@1)"
+        )
+    recipe = apply_overrides(recipe, [f"train.select_metric={metric}"])
+    t = recipe.train
+    search = apply_overrides(
+        recipe,
+        [
+            f"data.val_fraction={recipe.data.val_fraction or DEFAULT_VAL_FRACTION}",
+            f"train.eval_every={t.eval_every or max(1, t.iterations // 5)}",
+            "train.tensorboard=false",
+            "train.report=false",
+        ],
+    )
+    name = options.study or path.stem
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"--study {name!r}: give a plain name (letters, digits, - and _)")
+    out = Path(options.out) if options.out is not None else Path("runs") / "tune" / name
+    space = load_space(search, options.space)
+    return Setup(name, out, recipe, search, space, metric, "", options.trials, options)
+
+
+def tune(options: TuneOptions) -> TuneResult:
+    """Run (or join, or resume) the study of ``options``; see the module docstring."""
+    setup = prepare(options)
+    optuna = optuna_module()
+    out = setup.out
+    out.mkdir(parents=True, exist_ok=True)
+    storage, setup.storage_name, lock = open_storage(options.storage, out)
+    described = {
+        "recipe": _without_run_dir(setup.search.to_dict()),
+        "space": setup.space.to_dict(),
+        "metric": setup.metric,
+    }
+    eval_every = setup.search.train.eval_every
+    study = open_study(
+        setup.name,
+        storage,
+        described,
+        make_sampler(options.seed, setup.n_trials, 0),
+        make_pruner(options.pruner, setup.n_trials, eval_every),
+        lock,
+    )
+    _say(
+        f"study {setup.name!r} in {setup.storage_name}: {setup.n_trials} trials of "
+        f"{setup.search.train.iterations} iterations, objective val {setup.metric} "
+        f"(data.val_fraction {setup.search.data.val_fraction:g}), space: {setup.space.source}"
+    )
+    for note in setup.space.notes:
+        _say(note)
+
+    from rankedlist.tune.final import finish, write_trials_csv
+
+    start = time.monotonic()
+    status, signum = "searching", None
+    with SignalGuard().installed() as guard:
+        while True:
+            if guard.signum is not None:
+                status, signum = "interrupted", guard.signum
+                break
+            if options.timeout is not None and time.monotonic() - start > options.timeout:
+                status = "timeout"
+                break
+            trial = claim_trial(study, setup.n_trials, lock, options.seed)
+            if trial is None:
+                break
+            outcome = run_trial(study, trial, setup.space, setup.search, out, setup.metric, guard)
+            write_trials_csv(study, setup, out / "trials.csv")
+            if outcome.state == "interrupted":
+                status, signum = "interrupted", outcome.signum
+                break
+        state = optuna.trial.TrialState
+        counted = counted_trials(study)
+        finished = sum(t.state in (state.COMPLETE, state.PRUNED) for t in counted)
+        running = len(counted) - finished
+        result = TuneResult(status, out, setup.name, finished, setup.n_trials, signal=signum)
+        write_trials_csv(study, setup, out / "trials.csv")
+        if status != "searching":
+            _say(_stopped_message(status, signum, finished, setup.n_trials))
+            return result
+        if running or finished < setup.n_trials:
+            _say(
+                f"{finished} of {setup.n_trials} trials finished, {running} still running in "
+                "other workers; the last worker to finish trains the best configuration and "
+                "writes the report (or run this command again once they are done)"
+            )
+            return result
+        return finish(study, setup, result, guard)
+
+
+def _stopped_message(status: str, signum: int | None, finished: int, n: int) -> str:
+    why = f"interrupted by signal {signum}" if status == "interrupted" else "--timeout reached"
+    return (
+        f"{why} with {finished} of {n} trials finished; the study is consistent (an interrupted "
+        "trial is marked failed and its values queued again): run the same command again to "
+        f"continue to {n} trials"
+    )
+
+
+def _without_run_dir(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    out.get("train", {}).pop("run_dir", None)
+    out.get("data", {}).pop("num_workers", None)
+    out.get("train", {}).pop("device", None)
+    out.get("train", {}).pop("num_threads", None)
+    out.pop("description", None)
+    return out
+
+
+def _say(message: str) -> None:
+    print(f"tune: {message}", flush=True)
