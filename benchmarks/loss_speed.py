@@ -12,6 +12,11 @@ and prints the ratios ours/floor and PML/ours, the absolute times and the peak m
 settings are the paper's hyper-parameters on random normalised embeddings (few active pairs) and
 ``alpha = 1.6, margin = 1.0``, where every pair of random 512-d unit vectors is active.
 
+A second table ranks B = 512 queries against the batch plus a cross-batch memory of M = 65,536
+rows (``rankedlist.losses.MemoryRankedListLoss``, the memory full, SOP-like labels and sample
+indices) against its floor: the queries x gallery product ``X @ G.T`` and the gradient product
+(its backward with respect to X), with no loss at all.
+
 Each (setting, B, method) runs in a fresh subprocess, so that the peak memory (``ru_maxrss`` on
 CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is measured above a baseline taken after the
 imports and the inputs. Noise guards: warm-up calls, several timed repeats, the median, and a
@@ -23,6 +28,7 @@ Usage::
     python benchmarks/loss_speed.py             # B = 180, 1024, 4096, 16384 (a few minutes)
     python benchmarks/loss_speed.py --quick     # B = 180, 1024, few repeats (under a minute)
     python benchmarks/loss_speed.py --sizes 512 2048 --device cuda
+    python benchmarks/loss_speed.py --memory-only   # only the memory rows (about a minute)
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ PML_MAX_B = 4096
 SPREAD_LIMIT = 0.25
 BUSY_LIMIT = 0.8
 MAX_ROUNDS = 3
+# The memory rows: B queries against B + M gallery rows, labels and sample ids drawn like SOP's
+# (11,318 training classes, 59,551 images).
+MEMORY_B, MEMORY_M, MEMORY_CLASSES, MEMORY_SAMPLES = 512, 65536, 11318, 59551
 
 
 def _rss_bytes() -> int:
@@ -72,7 +81,9 @@ def worker(spec: dict) -> dict:
     x.requires_grad_(True)
     labels = torch.arange(b, device=device) // K
 
-    if method == "floor":
+    if method.startswith("memory"):
+        step = _memory_step(spec, x, labels, hyper, device)
+    elif method == "floor":
         grad_out = torch.randn(b, b, device=device)
 
         def step():
@@ -149,6 +160,40 @@ def worker(spec: dict) -> dict:
     }
 
 
+def _memory_step(spec: dict, x, labels, hyper: dict, device):
+    """forward + backward of RLL against batch + a full memory, or of its floor."""
+    import torch
+
+    from rankedlist.losses import MemoryBank, MemoryRankedListLoss, RankedListLoss
+
+    m, b = spec["M"], x.shape[0]
+    if spec["method"] == "memory-floor":
+        grad_out = torch.randn(b, m + b, device=device)
+        gallery = torch.randn(m + b, DIM, device=device)  # normalised in place: no transient
+        gallery.div_(torch.linalg.vector_norm(gallery, dim=1, keepdim=True))
+        gallery[:b] = x.detach()
+
+        def step():
+            (x @ gallery.T).backward(grad_out)
+
+        return step
+    bank = MemoryBank(m, DIM).to(device)
+    for start in range(0, m, 4096):  # filled in slices: no M x D transient before the baseline
+        rows = torch.nn.functional.normalize(torch.randn(min(4096, m - start), DIM), dim=1)
+        bank.enqueue(
+            rows.to(device),
+            torch.randint(0, MEMORY_CLASSES, (rows.shape[0],), device=device),
+            torch.randint(0, MEMORY_SAMPLES, (rows.shape[0],), device=device),
+        )
+    loss_fn = MemoryRankedListLoss(RankedListLoss(**hyper), bank)
+    ids = torch.randint(0, MEMORY_SAMPLES, (b,), device=device)
+
+    def step():
+        loss_fn(x, labels, ids).backward()  # also enqueues the batch, as in training
+
+    return step
+
+
 def run_one(spec: dict) -> dict | None:
     """Run a configuration in a fresh interpreter; None when it failed (e.g. out of memory)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
@@ -182,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default: see --quick)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--no-pml", action="store_true", help="skip pytorch-metric-learning")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory rows")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory rows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -219,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         "| setting | B | ours/floor | PML/ours | ours ms | floor ms | PML ms "
         "| ours/floor CPU | PML/ours CPU | ours MiB | floor MiB | PML MiB |"
     )
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     t0 = time.time()
+    if not args.memory_only:
+        print(header)
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     floors: dict[int, dict | None] = {}
-    for setting in SETTINGS:
+    for setting in SETTINGS if not args.memory_only else ():
         for b in sizes:
             big = b >= 4096
             spec = {
@@ -249,9 +297,35 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {fmt_mib(floor)} | {fmt_mib(pml)} |",
                 flush=True,
             )
+    if not args.no_memory:
+        _memory_table(args)
     print()
     print(f"# done in {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def _memory_table(args: argparse.Namespace) -> None:
+    print()
+    print(
+        "| setting | B | memory M | ours/floor | ours ms | floor ms | ours/floor CPU "
+        "| ours MiB | floor MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for setting in SETTINGS:
+        spec = {
+            "B": MEMORY_B, "M": MEMORY_M, "setting": setting, "device": args.device,
+            "threads": args.threads, "warmup": 1, "repeats": 3,
+            "max_rounds": 1 if args.quick else MAX_ROUNDS,
+        }  # fmt: skip
+        floor = run_one({**spec, "method": "memory-floor"})
+        ours = run_one({**spec, "method": "memory-ours"})
+        ratio = f"{ours['ms'] / floor['ms']:.2f}" if ours and floor else "-"
+        cpu_ratio = f"{ours['cpu_ms'] / floor['cpu_ms']:.2f}" if ours and floor else "-"
+        print(
+            f"| {setting} | {MEMORY_B} | {MEMORY_M:,} | {ratio} | {fmt_ms(ours)} "
+            f"| {fmt_ms(floor)} | {cpu_ratio} | {fmt_mib(ours)} | {fmt_mib(floor)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def test_recipe_losses_build(path):
     loss = build_loss(
         config.loss.name, config.loss.params, num_classes=10,
         embedding_dim=config.model.embedding_dim, ctx=None,
+        memory_size=config.loss.memory_size, memory_start=config.loss.memory_start,
     )  # fmt: skip
     assert isinstance(loss, torch.nn.Module)
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rankedlist.losses._autograd_rows import autograd_rows
+from rankedlist.losses._excluded_pairs import pairs_in_rows
 from rankedlist.losses._inputs import (
     _check_embeddings,
     _check_labels,
@@ -37,7 +39,6 @@ from rankedlist.losses._kernels import (
     PaperRankedList,
     auto_chunk_rows,
     autocast_disabled,
-    autograd_rows,
     official_weights,
 )
 
@@ -55,8 +56,17 @@ def _ranked_list_loss(
     gradient: str,
     reduction: str,
     chunk_size: int | None,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    memory_gallery: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss and its statistics; the options are already validated."""
+    """The loss and its statistics; the options are already validated.
+
+    ``excluded``: further ``(query rows, reference rows)`` pairs left out of the ranked lists,
+    rows sorted (a memory bank's older copies of the queries); long tensors on the device.
+    ``memory_gallery``: ``ref_emb`` is a batch + memory gallery; with ``gradient="paper"`` its
+    rows are already checked and normalised as the loss uses them, and most of them are trivial,
+    so each chunk of queries is ranked against its candidate columns only.
+    """
     x = _check_embeddings("embeddings", embeddings, normalize)
     # Immune to an enclosing autocast: it would run the distance and gradient products in
     # float16/bfloat16, and the boundaries alpha, alpha - m and the weights exp(Tn (alpha - d))
@@ -64,7 +74,7 @@ def _ranked_list_loss(
     with autocast_disabled(x.device):
         return _loss_and_stats(
             x, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
-            chunk_size,
+            chunk_size, excluded, memory_gallery and gradient == "paper",
         )  # fmt: skip
 
 
@@ -79,8 +89,11 @@ def _loss_and_stats(
     gradient: str,
     reduction: str,
     chunk_size: int | None,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None,
+    ready: bool,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """:func:`_ranked_list_loss` once the embeddings ``x`` are checked, with autocast off."""
+    """:func:`_ranked_list_loss` once the embeddings ``x`` are checked, with autocast off;
+    ``ready``: ``ref_emb`` is a paper-mode memory gallery (checked, normalised, compacted)."""
     n = x.shape[0]
     if n == 0:
         raise ValueError("embeddings must contain at least one row (an empty batch has no loss)")
@@ -93,7 +106,8 @@ def _loss_and_stats(
             raise ValueError("ref_labels was given without ref_emb; pass both or neither")
         ref_labels = labels
     else:
-        _check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
+        if not ready:  # a memory gallery's rows were checked as batch rows already
+            _check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
         if ref_emb.device != device:
             raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {device}")
         if ref_emb.shape[1] != x.shape[1]:
@@ -126,10 +140,13 @@ def _loss_and_stats(
         if not self_ref:
             with torch.no_grad():  # the gallery is detached in the paper's semantics
                 g = ref_emb.detach().to(dtype)
-                g = (F.normalize(g, dim=1) if normalize else g).contiguous()
-        rows = chunk_size if chunk_size is not None else auto_chunk_rows(n, m, device)
+                g = (F.normalize(g, dim=1) if normalize and not ready else g).contiguous()
+        if chunk_size is not None:
+            rows = chunk_size
+        else:
+            rows = auto_chunk_rows(n, m, device, dtype if ready else None)
         per_query, n_pos, n_neg, log_s_pos, log_s_neg = PaperRankedList.apply(
-            x.to(dtype), g, yq, yg, self_cols, hp, kP, kN, rows, normalize
+            x.to(dtype), g, yq, yg, self_cols, excluded, hp, kP, kN, rows, normalize, ready
         )
     else:
         xq = x.to(dtype)
@@ -142,15 +159,18 @@ def _loss_and_stats(
             g = ref_emb.to(dtype)
             g = F.normalize(g, dim=1) if normalize else g
         if chunk_size is None or chunk_size >= n:
-            parts = autograd_rows(xq, g, yq, yg, self_cols, hp)
+            parts = autograd_rows(xq, g, yq, yg, self_cols, hp, excluded)
         else:
             # Recompute each chunk in the backward pass: only per-query vectors stay alive.
             chunks = []
             for start in range(0, n, chunk_size):
                 sl = slice(start, min(start + chunk_size, n))
                 cols = None if self_cols is None else self_cols[sl]
+                pairs = pairs_in_rows(excluded, sl.start, sl.stop)
                 chunks.append(
-                    checkpoint(autograd_rows, xq[sl], g, yq[sl], yg, cols, hp, use_reentrant=False)
+                    checkpoint(
+                        autograd_rows, xq[sl], g, yq[sl], yg, cols, hp, pairs, use_reentrant=False
+                    )
                 )
             parts = tuple(torch.cat(p) for p in zip(*chunks, strict=True))
         loss_pos, loss_neg, n_pos, n_neg, log_s_pos, log_s_neg = parts
@@ -367,6 +387,23 @@ class RankedListLoss(nn.Module):
             self.gradient, self.reduction, self.chunk_size,
         )  # fmt: skip
         return loss
+
+    def _loss_and_stats(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+        self_index: torch.Tensor | None,
+        excluded: tuple[torch.Tensor, torch.Tensor] | None,
+        memory_gallery: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``forward`` with further excluded ``(query, reference)`` pairs, for the memory bank
+        (see :func:`_ranked_list_loss` for ``memory_gallery``)."""
+        return _ranked_list_loss(
+            embeddings, labels, ref_emb, ref_labels, self_index, self._hp, self.normalize,
+            self.gradient, self.reduction, self.chunk_size, excluded, memory_gallery,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         alpha = f"{self.alpha} (1 + margin/2)" if self._options["alpha"] is None else self.alpha

@@ -22,6 +22,10 @@ whose query weights are normalised over the whole batch)
     the local rows by W. The returned value is L itself, on every rank. Costs W times the loss
     computation (the loss is small next to the network), but is exact for any loss.
 
+A loss with a cross-batch memory declares ``takes_indices = True``: it also receives the dataset
+index of each sample (gathered like the labels, in global order), and enqueues the global batch,
+so its memory is the same on every rank (RLL: ``local_queries``; PML baselines: ``replica``).
+
 Parameters of the loss itself (ProxyAnchor's proxies) are not inside the model's DDP wrapper:
 their initial value is broadcast from rank 0, and their gradient (identical on every rank in
 exact arithmetic, since each rank computes the same L) is averaged over ranks by a hook on a
@@ -58,7 +62,8 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class GlobalBatchLoss(nn.Module):
-    """``forward(embeddings, labels) -> scalar`` loss on the global batch (see module docstring).
+    """``forward(embeddings, labels, indices=None) -> scalar`` loss on the global batch (see the
+    module docstring); ``indices`` (the samples' dataset indices) only for losses with a memory.
 
     Args:
         loss: the loss module: a :class:`rankedlist.losses.RankedListLoss` or a PML loss.
@@ -69,8 +74,9 @@ class GlobalBatchLoss(nn.Module):
             ``[0, num_classes)``.
 
     Attributes:
-        last_stats: RLL's ``last_stats`` after each call (this rank's queries), ``{}`` for
-            baselines.
+        last_stats: the loss's ``last_stats`` after each call (RLL: this rank's queries; a
+            memory adds ``memory_fill``), ``{}`` for baselines without a memory.
+        takes_indices: whether ``forward`` needs ``indices`` (the loss has a memory).
         strategy: ``"single"``, ``"local_queries"`` or ``"replica"``.
     """
 
@@ -91,6 +97,7 @@ class GlobalBatchLoss(nn.Module):
         self.num_classes = num_classes
         self.last_stats: dict[str, float] = {}
         self._is_rll = name == "rll"
+        self.takes_indices = bool(getattr(loss, "takes_indices", False))
         distributed = ctx is not None and ctx.is_distributed and ctx.world_size > 1
         if not distributed:
             self.strategy = "single"
@@ -153,13 +160,23 @@ class GlobalBatchLoss(nn.Module):
             self.last_stats = dict(getattr(self.loss, "last_stats", {}) or {})
             return out
         indices_tuple = self.miner(emb, labels) if self.miner is not None else None
-        return self.loss(emb, labels, indices_tuple)
+        out = self.loss(emb, labels, indices_tuple)
+        self.last_stats = dict(getattr(self.loss, "last_stats", None) or {})  # a memory's fill
+        return out
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The loss of the global batch (this rank's share of it under ``local_queries``)."""
         self._check_inputs(embeddings, labels)
+        if self.takes_indices and indices is None:
+            raise ValueError(
+                f"{self.name} loss with a memory needs the samples' dataset indices: "
+                "call it as loss(embeddings, labels, indices)"
+            )
         if self.strategy == "single":
-            return self._compute(embeddings, labels)
+            ids = {"indices": indices} if self.takes_indices else {}
+            return self._compute(embeddings, labels, **ids)
         ctx = self.ctx
         assert ctx is not None
         labels = labels.to(embeddings.device)
@@ -168,6 +185,11 @@ class GlobalBatchLoss(nn.Module):
         total = sum(sizes)
         start = sum(sizes[: ctx.rank])
         all_labels = gather_embeddings(labels, ctx, differentiable=False, sizes=sizes)
+        ids = {}
+        if self.takes_indices:  # the memory enqueues the global batch, in global order
+            indices = indices.to(device=embeddings.device, dtype=torch.long)
+            all_ids = gather_embeddings(indices, ctx, differentiable=False, sizes=sizes)
+            ids = {"indices": indices, "ref_indices": all_ids}
 
         if self.strategy == "local_queries":
             differentiable = getattr(self.loss, "gradient", "paper") == "autograd"
@@ -176,7 +198,7 @@ class GlobalBatchLoss(nn.Module):
             ref = gather_embeddings(embeddings, ctx, differentiable=differentiable, sizes=sizes)
             self_index = torch.arange(start, start + n, device=embeddings.device)
             out = self._compute(
-                embeddings, labels, ref_emb=ref, ref_labels=all_labels, self_index=self_index
+                embeddings, labels, ref_emb=ref, ref_labels=all_labels, self_index=self_index, **ids
             )
             # Mean over local queries -> this rank's share, so that the mean over ranks of the
             # returned values (and DDP's mean of the gradients) is the global-batch loss.
@@ -186,4 +208,6 @@ class GlobalBatchLoss(nn.Module):
         others = gather_embeddings(embeddings, ctx, differentiable=False, sizes=sizes)
         local = _ScaleGrad.apply(embeddings, float(ctx.world_size))
         all_emb = torch.cat([others[:start], local, others[start + n :]], dim=0)
-        return self._compute(all_emb, all_labels)
+        if self.takes_indices:
+            ids = {"indices": ids["ref_indices"]}  # every query of the global batch
+        return self._compute(all_emb, all_labels, **ids)

@@ -29,6 +29,14 @@ the miner constructor's names prefixed with ``miner_`` (``miner_margin``,
 ``miner_type_of_triplets``, ``miner_epsilon``). An unknown key is a ValueError listing the valid
 ones (:func:`valid_params`). Defaults are PML's, except the triplet miner's type and margin above.
 
+Cross-batch memory (XBM): ``memory_size > 0`` ranks each batch against the last ``memory_size``
+embeddings too, from iteration ``memory_start`` on. ``rll`` becomes
+:class:`rankedlist.losses.MemoryRankedListLoss` (batch + memory as one ranked list, older copies of
+a sample excluded by its dataset index, so ``forward`` takes ``indices``); ``contrastive`` and
+``multi_similarity`` use PML's ``CrossBatchMemory`` (the XBM paper's pairings) through
+:class:`rankedlist.losses.PMLCrossBatchMemory`; any other loss raises a ValueError. The memory is
+made of buffers: it is saved and restored with the loss module's ``state_dict``.
+
 Proxy-based losses have trainable parameters (ProxyAnchor's ``loss.loss.proxies``, shape
 ``(num_classes, embedding_dim)``): they are ordinary parameters of the returned module, so the
 trainer must give ``loss_module.parameters()`` to its optimiser (the Proxy-Anchor paper uses a
@@ -43,6 +51,7 @@ from typing import Any
 
 from torch import nn
 
+from rankedlist.training.config import MEMORY_LOSSES
 from rankedlist.training.distributed import DistributedContext
 
 __all__ = ["LOSS_NAMES", "build_loss", "valid_params", "has_parameters"]
@@ -124,6 +133,8 @@ def build_loss(
     num_classes: int,
     embedding_dim: int,
     ctx: DistributedContext | None = None,
+    memory_size: int = 0,
+    memory_start: int = 0,
 ) -> nn.Module:
     """Build the training loss ``name`` with hyper-parameters ``params``.
 
@@ -136,16 +147,20 @@ def build_loss(
         ctx: the distributed context; with more than one process the loss is computed on the
             global batch gathered from all ranks. Build it on every rank, in the same order
             (construction may run collectives).
+        memory_size: rows of a cross-batch memory (0: none); see the module docstring.
+        memory_start: iterations (training calls) before the memory is filled and used.
 
     Returns:
         A :class:`~rankedlist.training.global_batch_loss.GlobalBatchLoss`:
         ``forward(embeddings, labels) -> scalar``, ``last_stats`` dict, and for
         ``proxy_anchor`` the proxies as parameters (give ``module.parameters()`` to the
-        optimiser).
+        optimiser). With a memory, ``takes_indices`` is True for ``rll``: call it as
+        ``loss(embeddings, labels, indices)`` with the samples' dataset indices.
 
     Raises:
         ValueError: unknown name, unknown parameter key (the message lists the valid ones), a
-            value the loss rejects, or ``reduction="none"`` (training needs a scalar).
+            value the loss rejects, ``reduction="none"`` (training needs a scalar), or a memory
+            for a loss that cannot take one.
         TypeError: ``params`` is not a mapping.
     """
     from rankedlist.training.global_batch_loss import GlobalBatchLoss
@@ -155,6 +170,7 @@ def build_loss(
         params = {}
     if not isinstance(params, Mapping):
         raise TypeError(f"params of loss {name!r} must be a mapping, got {type(params).__name__}")
+    _check_memory(name, memory_size, memory_start, embedding_dim)
     loss_cls, miner_cls = _classes(name)
     valid = valid_params(name)
     unknown = sorted(set(params) - set(valid))
@@ -175,6 +191,11 @@ def build_loss(
                 "scalar: use reduction='mean' (the paper) or 'official'"
             )
         loss = _construct(name, loss_cls, loss_kwargs)
+        if memory_size:
+            from rankedlist.losses import MemoryBank, MemoryRankedListLoss
+
+            memory = MemoryBank(memory_size, embedding_dim, start=memory_start)
+            loss = MemoryRankedListLoss(loss, memory)
         return GlobalBatchLoss(loss, name, ctx=ctx)
 
     if name == "proxy_anchor":
@@ -198,6 +219,16 @@ def build_loss(
             # Semi-hard mining selects the triplets inside the loss's own margin.
             defaults["margin"] = loss.margin
         miner = _construct(name, miner_cls, {**defaults, **miner_kwargs}, what="miner")
+    if memory_size:
+        from pytorch_metric_learning.losses import CrossBatchMemory
+
+        from rankedlist.losses import PMLCrossBatchMemory
+
+        # The miner goes inside: PML's memory mines the batch against the memory.
+        loss = PMLCrossBatchMemory(
+            CrossBatchMemory, loss, miner, embedding_dim, memory_size, memory_start
+        )
+        miner = None
     return GlobalBatchLoss(
         loss,
         name,
@@ -205,6 +236,21 @@ def build_loss(
         ctx=ctx,
         num_classes=num_classes if name == "proxy_anchor" else None,
     )
+
+
+def _check_memory(name: str, memory_size: Any, memory_start: Any, embedding_dim: Any) -> None:
+    for key, value in (("memory_size", memory_size), ("memory_start", memory_start)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
+    if not memory_size:
+        return
+    if name not in MEMORY_LOSSES:
+        raise ValueError(
+            f"loss {name!r} cannot rank against a cross-batch memory (memory_size="
+            f"{memory_size}); use one of {', '.join(MEMORY_LOSSES)} or memory_size=0"
+        )
+    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
+        raise ValueError(f"a memory needs a positive int embedding_dim, got {embedding_dim!r}")
 
 
 def _construct(name: str, cls: type, kwargs: dict[str, Any], what: str = "loss") -> nn.Module:

@@ -194,6 +194,8 @@ def build_losses(config: Config, model: nn.Module, num_classes: int, ctx) -> nn.
                 num_classes=num_classes,
                 embedding_dim=model.embedding_dim,
                 ctx=ctx,
+                memory_size=config.loss.memory_size,
+                memory_start=config.loss.memory_start,
             )
             for head in model.head_names
         }

@@ -123,6 +123,10 @@ class RunLog:
 
 
 def _pair_stats(values: Mapping[str, float]) -> dict[str, str]:
-    """Active positives/negatives per query, for the progress display (RLL only)."""
+    """Active positives/negatives per query (RLL) and the rows of a cross-batch memory, for the
+    progress display."""
     names = (("active_pos", "pos"), ("active_neg", "neg"))
-    return {short: f"{values[key]:.1f}" for key, short in names if key in values}
+    stats = {short: f"{values[key]:.1f}" for key, short in names if key in values}
+    if "memory_fill" in values:
+        stats["mem"] = f"{values['memory_fill']:.0f}"
+    return stats

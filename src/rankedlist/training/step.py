@@ -28,8 +28,12 @@ def train_one_step(
     config: Config,
     ctx: dist_utils.DistributedContext,
     stop_requested: bool = False,
+    indices: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], bool]:
     """One optimisation step; returns (logged values, stop agreed by every rank).
+
+    ``indices`` are the samples' dataset indices, passed to the losses that declare
+    ``takes_indices`` (a cross-batch memory excludes older copies of a sample by them).
 
     Raises :class:`NonFiniteLossError` on every rank at once when any rank's embeddings, loss or
     gradients are not finite, or when the update explodes the parameters (``|w| > 1e12``).
@@ -46,7 +50,12 @@ def train_one_step(
         # a rank that raised here would leave the others waiting in that collective. (Not zeros:
         # a zero row cannot be L2-normalised and the loss rejects it.)
         outputs[head] = torch.ones_like(outputs[head])
-    parts = {head: fn(outputs[head], labels) for head, fn in losses.items()}
+    parts = {
+        head: fn(outputs[head], labels, indices)
+        if _takes_indices(fn)
+        else fn(outputs[head], labels)
+        for head, fn in losses.items()
+    }
     loss = sum(parts.values())
     # One collective per step: the flags every rank must agree on, and the logged losses
     # (each rank's loss is its share of the global batch's; their mean is the global loss).
@@ -103,3 +112,7 @@ def train_one_step(
                 values[f"{key}/{head}"] = float(value)
     values.update({key: sum(v) / len(v) for key, v in stats.items()})  # mean over heads
     return values, bool(shared[2] > 0)
+
+
+def _takes_indices(loss_fn: nn.Module) -> bool:
+    return bool(getattr(loss_fn, "takes_indices", False))

@@ -1,0 +1,133 @@
+"""Cross-batch memory in training: the factory, the config keys, one step, and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rankedlist.losses import MemoryRankedListLoss, PMLCrossBatchMemory
+from rankedlist.training import train as train_module
+from rankedlist.training.checkpoint import load_checkpoint
+from rankedlist.training.config import config_from_dict, load_config
+from rankedlist.training.distributed import DistributedContext
+from rankedlist.training.loss_factory import LOSS_NAMES, build_loss
+from rankedlist.training.optim import build_optimizer
+from rankedlist.training.step import train_one_step
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+MEMORY = ("rll", "contrastive", "multi_similarity")
+
+
+@pytest.mark.parametrize("name", MEMORY)
+def test_factory_wraps_the_loss_in_a_memory(name):
+    loss_fn = build_loss(name, {}, num_classes=4, embedding_dim=8, memory_size=32, memory_start=3)
+    inner = MemoryRankedListLoss if name == "rll" else PMLCrossBatchMemory
+    assert isinstance(loss_fn.loss, inner)
+    assert loss_fn.takes_indices == (name == "rll")
+    memory_keys = [k for k in loss_fn.state_dict() if "memory" in k or k.endswith("step")]
+    assert memory_keys, "the memory must be in the state_dict (checkpointed with the run)"
+    x, y = torch.randn(12, 8, requires_grad=True), torch.arange(12) % 4
+    args = (torch.arange(12),) if name == "rll" else ()
+    loss_fn(x, y, *args).backward()
+    assert loss_fn.last_stats["memory_fill"] == 0  # warm-up: 3 iterations
+    assert build_loss(name, {}, num_classes=4, embedding_dim=8).takes_indices is False
+
+
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n not in MEMORY])
+def test_a_loss_that_cannot_take_a_memory_is_refused(name):
+    with pytest.raises(ValueError, match=f"loss '{name}' cannot rank against a cross-batch"):
+        build_loss(name, {}, num_classes=4, embedding_dim=8, memory_size=64)
+
+
+def test_factory_rejects_bad_memory_values():
+    for kwargs, key in (({"memory_size": -1}, "memory_size"), ({"memory_start": -5}, "start")):
+        with pytest.raises(ValueError, match=key):
+            build_loss("rll", {}, num_classes=4, embedding_dim=8, **kwargs)
+
+
+def test_config_keys_are_validated():
+    assert config_from_dict({}).loss.memory_size == 0  # off by default
+    ok = config_from_dict({"loss": {"memory_size": 4096, "memory_start": 100}})
+    assert (ok.loss.memory_size, ok.loss.memory_start) == (4096, 100)
+    bad = [
+        ({"memory_size": -1}, "loss.memory_size = -1 is invalid"),
+        ({"memory_start": -1}, "loss.memory_start = -1 is invalid"),
+        ({"name": "proxy_anchor", "memory_size": 4096}, "'proxy_anchor' cannot rank against"),
+        ({"memory_size": 100}, "at least the global batch data.p . data.k = 128"),
+    ]
+    for loss, match in bad:
+        with pytest.raises(ValueError, match=match):
+            config_from_dict({"loss": loss})
+
+
+class Linear(nn.Module):
+    head_names = ("high",)
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 8)
+
+    def forward(self, x):
+        return {"high": self.fc(x)}
+
+
+def test_train_one_step_passes_the_indices_to_a_memory_loss():
+    torch.manual_seed(0)
+    model = Linear()
+    config = config_from_dict({"optim": {"name": "sgd", "lr": 0.1}})
+    losses = {"high": build_loss("rll", {}, num_classes=4, embedding_dim=8, memory_size=64)}
+    optimizer = build_optimizer(model, config.optim)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y = torch.randn(16, 5), torch.arange(16) % 4
+    args = (model, losses, x, y, optimizer, scaler, config, DistributedContext())
+    with pytest.raises(ValueError, match="dataset indices"):
+        train_one_step(*args)
+    for step in range(2):
+        values, _ = train_one_step(*args, indices=torch.arange(16) + 16 * step)
+        assert values["memory_fill"] == 16 * (step + 1)
+        assert values["active_neg"] > 0
+
+
+TINY = [
+    "data.p=8", "data.k=2", "data.image_size=32", "model.embedding_dim=16",
+    "model.options={widths: [8, 16, 16, 32]}", "optim.lr=0.003", "schedule.name=cosine",
+    "schedule.warmup_iters=2", "train.log_every=1", "train.eval_batch_size=512",
+    "train.device=cpu", "train.deterministic=true", "train.tensorboard=false",
+    "train.report=false", "train.iterations=12",
+    # 16 rows a batch: the memory starts after 2 iterations and wraps at the 5th.
+    "loss.memory_size=48", "loss.memory_start=2",
+]  # fmt: skip
+
+
+def _records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_resume_with_memory_equals_an_uninterrupted_run(tmp_path):
+    def config(name, *extra):
+        return load_config(
+            CONFIGS / "glyphs.yaml", [*TINY, f"train.run_dir={tmp_path / name}", *extra]
+        )
+
+    whole = train_module.main(config("whole"), test=False)
+    parts = config("parts", "train.checkpoint_every=4")
+    assert train_module.main(parts, stop_after=7, test=False).iteration == 7
+    assert train_module.main(parts, resume=tmp_path / "parts", test=False).iteration == 12
+    assert whole.status == "completed"
+
+    expected, got = _records(tmp_path / "whole"), _records(tmp_path / "parts")
+    assert [r["step"] for r in got] == list(range(1, 13))
+    for key in ("loss", "memory_fill", "active_pos", "active_neg"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in expected], abs=1e-6), key
+    assert [r["memory_fill"] for r in got] == [0, 0, 16, 32, 48, 48, 48, 48, 48, 48, 48, 48]
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["losses"]
+    b = load_checkpoint(tmp_path / "parts" / "last.pt")["losses"]
+    memory = [k for k in a if ".memory." in k]
+    assert memory and set(a) == set(b)
+    for key in memory:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
