@@ -43,8 +43,10 @@ def main() -> None:
         [per_image(plain.load_image(i)) for i in range(0, len(plain), max(1, len(plain) // 512))]
     )
     new_many = batch(many, torch.arange(len(many)) + 12345)
-    print(f"mean |change| per pixel: per image {float((old_many - many).abs().mean()):.4f}, "
-          f"per batch {float((new_many - many).abs().mean()):.4f} ({len(many)} images)")
+    print(
+        f"mean |change| per pixel: per image {float((old_many - many).abs().mean()):.4f}, "
+        f"per batch {float((new_many - many).abs().mean()):.4f} ({len(many)} images)"
+    )
 
     rows = [("rendered", originals), ("per image (PIL, before)", old), ("per batch (now)", new)]
     fig, axes = plt.subplots(3, args.count, figsize=(args.count * 0.9, 3.2))
