@@ -106,7 +106,7 @@ def no_near_ties(q, g, same, gap=1e-6):
 # --------------------------------------------------------------------------- tests
 
 
-BACKENDS = ("faiss", "torch")
+BACKENDS = ("screened", "faiss", "torch")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -186,8 +186,10 @@ def test_backends_agree_when_most_first_relevants_are_beyond_the_list(lone):
     ks = (1, 2, 10, 50)
     fa = retrieval_metrics(x, y, ks=ks, chunk_size=5, backend="faiss")
     to = retrieval_metrics(x, y, ks=ks, backend="torch")
+    sc = retrieval_metrics(x, y, ks=ks, chunk_size=5, backend="screened")
     assert fa["recall@2"] < 0.5  # most first relevants lie beyond the 3-long lists
     assert_metrics_equal(fa, to, tol=1e-12)
+    assert_metrics_equal(fa, sc, tol=1e-12)
     assert_metrics_equal(fa, reference_metrics(x, y, ks=ks))
 
 
@@ -211,6 +213,8 @@ def test_gpu_matches_cpu():
     assert gpu == cpu
     with pytest.raises(ValueError, match="CPU"):
         retrieval_metrics(torch.from_numpy(x).cuda(), y, backend="faiss")
+    with pytest.raises(ValueError, match="CPU"):
+        retrieval_metrics(torch.from_numpy(x).cuda(), y, backend="screened")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -247,6 +251,7 @@ GOOD_Y = np.arange(10) % 3
         ({"gallery_labels": GOOD_Y}, ValueError, "without gallery"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"backend": "annoy"}, ValueError, "backend"),
+        ({"distributed": True}, ValueError, "process group"),
     ],
 )
 def test_bad_input_raises(kwargs, error, match):

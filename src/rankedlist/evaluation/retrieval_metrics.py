@@ -4,23 +4,33 @@ Definitions (the README's Evaluation section): a query's relevant items are the 
 of its class, its own item excluded by index when the query set is the gallery; R is their
 number. Ranking is a stable sort by descending similarity (lower gallery index first on ties).
 
-How (and why it is fast): queries are processed in chunks; each chunk's similarities
-``S = Q_c @ G.T`` are computed once on the tensors' device, then
+Back ends (all compute every query's first-relevant rank and top-R relevance flags; the
+totals are exact sums of the per-query values, so they do not depend on chunking or on how
+queries were split across processes):
 
-* one ``topk`` of size ``max R + 1`` per chunk gives the top-R list of every query (R is small:
-  <= 11 on SOP, ~59 on CUB), repaired to the stable order (see ``_ranking``); R-Precision and
-  MAP@R come from it directly;
-* Recall@K needs only the rank of a query's first relevant item. If it is in the top-R list
-  the rank is read there; otherwise it is counted, ``#(s > s_best) + #(s == s_best, lower
-  index)``, one comparison pass over that query's row. Recall@1000 on SOP therefore costs no
-  top-1000 selection.
+* ``"screened"`` (CPU, ``_screened``): every entry screened once in bf16 (float32 when
+  relevant lists are long), with a rigorous error bound, only the entries the bound cannot
+  place recomputed exactly, and the product computed once per pair when the query set is the
+  gallery. The similarity is the correctly rounded float32 cosine ``fl32(<q, g>)``
+  (``_exact``), so results are reproducible to the bit, whatever the BLAS or thread count.
+  ``"auto"`` uses it on CPU when relevant lists are short (mean R <= 16: SOP, In-Shop), where
+  bf16 halves the product's cost again; with long ones (CUB, Cars) it keeps ``"faiss"``,
+  which is as fast there.
+* ``"torch"`` (the default on a GPU): chunks of queries, each chunk's float32 similarities
+  ``Q_c @ G.T`` computed once on the tensors' device, one ``topk`` of size ``max R + 1`` per
+  chunk repaired to the stable order (``_ranking``); Recall@K from the rank of the first
+  relevant item, read in the list or counted over the row when it lies beyond.
+* ``"faiss"`` (CPU): the same with the top-R lists from one faiss IndexFlatIP search, rows
+  recomputed only for queries whose first relevant item is beyond their list.
 
-On CPU inputs (``backend="faiss"``, the default there) the top-R lists come instead from one
-faiss IndexFlatIP search (``nearest_neighbors.faiss_search``: the product fused with a heap
-selection, in the same stable order), and only the queries whose first relevant item lies
-beyond their list get their similarity rows recomputed, in chunks, for the count above. That
-is typically a few per cent of the queries, so the evaluation costs little more than the
-products themselves.
+``"torch"`` and ``"faiss"`` rank by the values their float32 GEMM returns, which can differ
+from ``fl32(<q, g>)`` in the last bit; the metrics differ only where two cosines of a query
+are within a few 1e-7 of each other.
+
+``distributed=True`` splits the work across the processes of torch.distributed's default
+group (each computes its share of the queries against the whole gallery; with the query set
+as gallery, its share of the symmetric product) and gathers the per-query values: every
+process gets the numbers a single process would.
 
 Nothing of size N x M is ever allocated, and label bookkeeping is O(N) (``np.bincount``).
 """
@@ -28,12 +38,14 @@ Nothing of size N x M is ever allocated, and label bookkeeping is O(N) (``np.bin
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from rankedlist.evaluation._comm import Comm, share
 from rankedlist.evaluation._inputs import (
     ArrayLike,
     RetrievalProblem,
@@ -47,7 +59,16 @@ from rankedlist.evaluation._ranking import (
     similarities,
     stable_topk,
 )
-from rankedlist.evaluation.nearest_neighbors import BACKENDS, faiss_search
+from rankedlist.evaluation._screened import (
+    ScreeningUnsuitable,
+    choose_kind,
+    owned_rows,
+    row_values,
+    screened_rows,
+)
+from rankedlist.evaluation.nearest_neighbors import faiss_search
+
+BACKENDS = ("auto", "screened", "faiss", "torch")
 
 
 def retrieval_metrics(
@@ -58,6 +79,8 @@ def retrieval_metrics(
     ks: tuple[int, ...] | list[int] = (1, 2, 4, 8),
     chunk_size: int | None = None,
     backend: str = "auto",
+    distributed: bool = False,
+    profile: dict[str, float] | None = None,
 ) -> dict[str, float | int]:
     """Recall@K, R-Precision and MAP@R of ``query`` against ``gallery`` by cosine similarity.
 
@@ -69,11 +92,16 @@ def retrieval_metrics(
             query set against itself with each query's own item excluded by index.
         gallery_labels: (M,) integer labels; required with ``gallery``.
         ks: the Recall@K cut-offs; each must be at most the number of retrievable items.
-        chunk_size: queries per chunk; by default about 128 MB of float32 similarities.
-        backend: ``"faiss"`` (CPU only: top-R lists from a faiss search, similarity rows
-            recomputed only for queries whose first relevant item is beyond the list),
-            ``"torch"`` (every chunk's similarities on the tensors' device, ``topk`` per chunk)
-            or ``"auto"``: faiss for CPU inputs, torch on a GPU. Both give the same metrics.
+        chunk_size: queries per chunk (per strip for ``"screened"``); by default about 128 MB
+            of similarities.
+        backend: ``"screened"`` (CPU: bf16 screening, exact recomputation where needed),
+            ``"faiss"`` (CPU: top-R lists from a faiss search), ``"torch"`` (chunked products
+            and ``topk`` on the tensors' device) or ``"auto"``: screened on CPU, torch on a
+            GPU. See the module docstring for how they differ in the last bit.
+        distributed: every process of the initialised default process group calls this with
+            the same inputs; each computes a share and all get the same result.
+        profile: if a dict, it receives the seconds spent per phase (and, for the screened
+            back end, the numbers of kept and recomputed entries).
 
     Returns:
         ``{"recall@K": ..., "r_precision": ..., "map@r": ..., "lone_queries": int}``. Metrics
@@ -83,8 +111,9 @@ def retrieval_metrics(
 
     Raises:
         TypeError: embeddings not tensors/arrays, labels not integers, ks not ints.
-        ValueError: wrong shapes or lengths, NaN/inf embeddings, an empty query set, or a K
-            larger than the number of retrievable gallery items.
+        ValueError: wrong shapes or lengths, NaN/inf embeddings, an empty query set, a K
+            larger than the number of retrievable gallery items, a CPU-only back end for GPU
+            tensors, or ``distributed=True`` without a process group.
     """
     problem = prepare(query, query_labels, gallery, gallery_labels)
     ks = check_ks(ks, problem.num_gallery)
@@ -93,14 +122,48 @@ def retrieval_metrics(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     on_cpu = problem.query.device.type == "cpu"
-    if backend == "faiss" and not on_cpu:
-        raise ValueError("the faiss back end needs CPU inputs: use backend='torch' on a GPU")
-    chunk = int(chunk_size) if chunk_size is not None else auto_chunk_size(problem.gallery.shape[0])
-    if backend == "faiss" or (backend == "auto" and on_cpu):
-        sums = _accumulate_faiss(problem, ks, chunk)
-    else:
-        sums = _accumulate(problem, ks, chunk)
-    valid = int(sums["num_valid"])
+    if backend in ("faiss", "screened") and not on_cpu:
+        raise ValueError(f"the {backend} back end needs CPU inputs: use backend='torch' on a GPU")
+    if backend == "auto":
+        # Screening pays with short relevant lists (SOP, In-Shop: bf16 screen); with long
+        # ones (CUB, Cars: R ~ 60-100) the faiss search is as fast and needs no exact pass.
+        backend = ("screened" if choose_kind(problem) == "bf16" else "faiss") if on_cpu else "torch"
+    comm = Comm() if distributed else None
+    if comm is not None and comm.world == 1:
+        comm = None
+    timings: dict[str, float] = {} if profile is None else profile
+    t0 = time.perf_counter()
+    rank_id, world = (0, 1) if comm is None else (comm.rank, comm.world)
+    rows_all = np.flatnonzero(problem.num_relevant > 0)
+    values = None
+    if backend == "screened":
+        try:
+            owned = owned_rows(problem, rank_id, world, chunk_size)
+            rank, rel = screened_rows(problem, ks, owned, comm, chunk_size, timings=timings)
+            values = (rank, *row_values(rel, problem.num_relevant[owned]))
+        except ScreeningUnsuitable as exc:  # raised alike on every process
+            timings["fallback"] = 1.0
+            warnings.warn(
+                f"screened evaluation unsuitable here ({exc}); using the faiss back end",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            backend = "faiss"
+    if values is None:
+        owned = rows_all[share(rows_all.shape[0], rank_id, world)]
+        chunk = int(chunk_size) if chunk_size else auto_chunk_size(problem.gallery.shape[0])
+        if backend == "faiss":
+            values = _rows_faiss(problem, owned, chunk, timings)
+        else:
+            values = _rows_torch(problem, owned, chunk)
+    rank, r_prec, ap = values
+    if comm is not None:
+        parts = comm.all_gather_arrays([rank, r_prec, ap])
+        rank, r_prec, ap = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
+    valid = int(rows_all.shape[0])
+    if rank.shape[0] != valid:  # pragma: no cover - a broken split would be a bug
+        raise RuntimeError(f"evaluated {rank.shape[0]} queries, expected {valid}")
     lone = int(problem.num_relevant.shape[0]) - valid
     out: dict[str, float | int] = {}
     if valid == 0:
@@ -110,11 +173,14 @@ def retrieval_metrics(
             stacklevel=2,
         )
     for k in ks:
-        out[f"recall@{k}"] = sums[f"recall@{k}"] / valid if valid else math.nan
-    out["r_precision"] = sums["r_precision"] / valid if valid else math.nan
-    out["map@r"] = sums["map@r"] / valid if valid else math.nan
+        out[f"recall@{k}"] = int(np.count_nonzero(rank < k)) / valid if valid else math.nan
+    out["r_precision"] = math.fsum(r_prec.tolist()) / valid if valid else math.nan
+    out["map@r"] = math.fsum(ap.tolist()) / valid if valid else math.nan
     out["lone_queries"] = lone
     return out
+
+
+# --------------------------------------------------------------------------- torch / faiss
 
 
 def _relevant_columns(
@@ -134,23 +200,40 @@ def _relevant_columns(
     return torch.from_numpy(cols).to(dev), torch.from_numpy(valid).to(dev)
 
 
-def _accumulate(problem: RetrievalProblem, ks: tuple[int, ...], chunk: int) -> dict[str, float]:
-    """Sum each metric over the non-lone queries, chunk by chunk."""
+def _list_values(
+    rel: torch.Tensor, r: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """First-relevant ranks within stable top lists, and per-query R-Precision and MAP@R.
+
+    ``rel`` (rows x k, k >= every row's R) marks the relevant items of each list. Returns the
+    0-based rank of each row's first relevant item (0 where there is none), whether the list
+    holds one, and ``row_values`` of the lists.
+    """
+    found = rel.any(1)
+    rank = torch.where(
+        found, rel.to(torch.int8).argmax(1), torch.zeros_like(found, dtype=torch.long)
+    )
+    r_prec, ap = row_values(rel.cpu().numpy(), r)
+    return rank, found, r_prec, ap
+
+
+def _rows_torch(
+    problem: RetrievalProblem, rows_all: np.ndarray, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query (rank, R-Precision, MAP@R) of ``rows_all``, chunk by chunk on the device."""
     q, g = problem.query, problem.gallery
     dev = q.device
     m = g.shape[0]
-    sums = {f"recall@{k}": 0.0 for k in ks}
-    sums.update(r_precision=0.0, map_at_r=0.0)
-    # Lone queries are skipped before any matrix product is spent on them.
-    rows_all = np.flatnonzero(problem.num_relevant > 0)
-    sums["num_valid"] = float(rows_all.shape[0])
+    n_rows = rows_all.shape[0]
+    rank_out = np.zeros(n_rows, dtype=np.int64)
+    rp_out, ap_out = np.zeros(n_rows), np.zeros(n_rows)
     order = np.argsort(problem.gallery_ids, kind="stable")  # gallery grouped by class
     starts = np.cumsum(problem.gallery_counts) - problem.gallery_counts
     g_ids = torch.from_numpy(problem.gallery_ids).to(dev)
-    sim_buf = torch.empty(min(chunk, max(len(rows_all), 1)), m, device=dev)
+    sim_buf = torch.empty(min(chunk, max(n_rows, 1)), m, device=dev)
     cmp_buf: torch.Tensor | None = None
     sub_buf: torch.Tensor | None = None
-    for start in range(0, rows_all.shape[0], chunk):
+    for start in range(0, n_rows, chunk):
         qrows = rows_all[start : start + chunk]
         c = qrows.shape[0]
         qrows_t = torch.from_numpy(qrows).to(dev)
@@ -158,12 +241,11 @@ def _accumulate(problem: RetrievalProblem, ks: tuple[int, ...], chunk: int) -> d
         similarities(q.index_select(0, qrows_t), g, out=s)
         if problem.same_set:
             s[torch.arange(c, device=dev), qrows_t] = -math.inf
-        r = torch.from_numpy(problem.num_relevant[qrows]).to(dev)
+        r = problem.num_relevant[qrows]
         qid = torch.from_numpy(problem.query_ids[qrows]).to(dev)
-        k_top = int(problem.num_relevant[qrows].max())
-        _, top_idx = stable_topk(s, k_top)
+        _, top_idx = stable_topk(s, int(r.max()))
         rel = g_ids[top_idx] == qid[:, None]  # own item is -inf, never in the list
-        rank, found = _list_metrics(rel, r, sums)
+        rank, found, rp, ap = _list_values(rel, r)
         missing = (~found).nonzero()[:, 0]
         if missing.numel():
             if cmp_buf is None or sub_buf is None:
@@ -171,91 +253,56 @@ def _accumulate(problem: RetrievalProblem, ks: tuple[int, ...], chunk: int) -> d
                 cmp_buf, sub_buf = torch.empty_like(sim_buf), torch.empty_like(sim_buf)
             sub = torch.index_select(s, 0, missing, out=sub_buf[: missing.shape[0]])
             rank[missing] = _first_relevant_rank(
-                sub,
-                qrows[missing.cpu().numpy()],
-                problem,
-                order,
-                starts,
-                cmp_buf,
+                sub, qrows[missing.cpu().numpy()], problem, order, starts, cmp_buf
             )
-        _add_recalls(rank, ks, sums)
-    sums["map@r"] = sums.pop("map_at_r")
-    return sums
+        rank_out[start : start + c] = rank.cpu().numpy()
+        rp_out[start : start + c], ap_out[start : start + c] = rp, ap
+    return rank_out, rp_out, ap_out
 
 
-def _list_metrics(
-    rel: torch.Tensor, r: torch.Tensor, sums: dict[str, float]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add R-Precision and MAP@R of stable top lists to ``sums``; first-relevant ranks.
+def _rows_faiss(
+    problem: RetrievalProblem, rows_all: np.ndarray, chunk: int, timings: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_rows_torch`` on CPU with the top-R lists of one faiss search.
 
-    ``rel`` (rows x k, k >= every row's R) marks the relevant items of each list. Returns the
-    0-based rank of each row's first relevant item (0 where there is none) and whether the
-    list holds one.
-    """
-    pos = torch.arange(1, rel.shape[1] + 1, device=rel.device)
-    hits = rel & (pos[None, :] <= r[:, None])
-    hits_f = hits.to(torch.float64)
-    sums["r_precision"] += float((hits_f.sum(1) / r).sum())
-    precision_at_i = hits_f.cumsum(1) / pos[None, :]
-    sums["map_at_r"] += float(((precision_at_i * hits_f).sum(1) / r).sum())
-    found = rel.any(1)
-    rank = torch.where(found, rel.to(torch.int8).argmax(1), torch.zeros_like(r))
-    return rank, found
-
-
-def _add_recalls(rank: torch.Tensor, ks: tuple[int, ...], sums: dict[str, float]) -> None:
-    """Count, per K, the queries whose first relevant item has rank < K."""
-    ks_t = torch.tensor(ks, device=rank.device, dtype=torch.long)
-    recalled = (rank[:, None] < ks_t[None, :]).sum(0)
-    for k, n_hit in zip(ks, recalled.tolist(), strict=True):
-        sums[f"recall@{k}"] += n_hit
-
-
-def _accumulate_faiss(
-    problem: RetrievalProblem, ks: tuple[int, ...], chunk: int
-) -> dict[str, float]:
-    """``_accumulate`` on CPU with the top-R lists of one faiss search.
-
-    Same sums, same stable ranking: the lists are those of ``nearest_neighbors`` (faiss back
-    end). Only queries whose first relevant item is beyond their list need their whole
+    Same values, same stable ranking: the lists are those of ``nearest_neighbors`` (faiss
+    back end). Only queries whose first relevant item is beyond their list need their whole
     similarity row, recomputed here in chunks for the exact count of ``_first_relevant_rank``.
     """
     q, g = problem.query, problem.gallery
     m = g.shape[0]
-    sums = {f"recall@{k}": 0.0 for k in ks}
-    sums.update(r_precision=0.0, map_at_r=0.0)
-    rows_all = np.flatnonzero(problem.num_relevant > 0)
-    sums["num_valid"] = float(rows_all.shape[0])
-    if rows_all.shape[0]:
-        rows_t = torch.from_numpy(rows_all)
-        qv = q if rows_all.shape[0] == q.shape[0] else q.index_select(0, rows_t)
-        k_top = int(problem.num_relevant[rows_all].max())
-        _, top_idx = faiss_search(qv, g, k_top, rows_t if problem.same_set else None)
-        g_ids = torch.from_numpy(problem.gallery_ids)
-        qid = torch.from_numpy(problem.query_ids[rows_all])
-        r = torch.from_numpy(problem.num_relevant[rows_all])
-        rank, found = _list_metrics(g_ids[top_idx] == qid[:, None], r, sums)
-        missing = (~found).nonzero()[:, 0]
-        if missing.numel():
-            order = np.argsort(problem.gallery_ids, kind="stable")  # gallery grouped by class
-            starts = np.cumsum(problem.gallery_counts) - problem.gallery_counts
-            n_miss = missing.shape[0]
-            sim_buf = torch.empty(min(chunk, n_miss), m)
-            cmp_buf = torch.empty_like(sim_buf)
-            miss_rows = rows_all[missing.numpy()]
-            for start in range(0, n_miss, chunk):
-                qrows = miss_rows[start : start + chunk]
-                c = qrows.shape[0]
-                qrows_t = torch.from_numpy(qrows)
-                s = similarities(q.index_select(0, qrows_t), g, out=sim_buf[:c])
-                if problem.same_set:
-                    s[torch.arange(c), qrows_t] = -math.inf
-                rank[missing[start : start + chunk]] = _first_relevant_rank(
-                    s, qrows, problem, order, starts, cmp_buf
-                )
-        _add_recalls(rank, ks, sums)
-    sums["map@r"] = sums.pop("map_at_r")
-    return sums
+    n_rows = rows_all.shape[0]
+    if n_rows == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+    rows_t = torch.from_numpy(rows_all)
+    qv = q if n_rows == q.shape[0] else q.index_select(0, rows_t)
+    r = problem.num_relevant[rows_all]
+    t0 = time.perf_counter()
+    _, top_idx = faiss_search(qv, g, int(r.max()), rows_t if problem.same_set else None)
+    timings["faiss search"] = timings.get("faiss search", 0.0) + time.perf_counter() - t0
+    g_ids = torch.from_numpy(problem.gallery_ids)
+    qid = torch.from_numpy(problem.query_ids[rows_all])
+    rank, found, rp, ap = _list_values(g_ids[top_idx] == qid[:, None], r)
+    missing = (~found).nonzero()[:, 0]
+    timings["rows recounted"] = timings.get("rows recounted", 0.0) + missing.numel()
+    if missing.numel():
+        order = np.argsort(problem.gallery_ids, kind="stable")  # gallery grouped by class
+        starts = np.cumsum(problem.gallery_counts) - problem.gallery_counts
+        n_miss = missing.shape[0]
+        sim_buf = torch.empty(min(chunk, n_miss), m)
+        cmp_buf = torch.empty_like(sim_buf)
+        miss_rows = rows_all[missing.numpy()]
+        for start in range(0, n_miss, chunk):
+            qrows = miss_rows[start : start + chunk]
+            c = qrows.shape[0]
+            qrows_t = torch.from_numpy(qrows)
+            s = similarities(q.index_select(0, qrows_t), g, out=sim_buf[:c])
+            if problem.same_set:
+                s[torch.arange(c), qrows_t] = -math.inf
+            rank[missing[start : start + chunk]] = _first_relevant_rank(
+                s, qrows, problem, order, starts, cmp_buf
+            )
+    return rank.numpy().astype(np.int64), rp, ap
 
 
 def _first_relevant_rank(
