@@ -162,6 +162,7 @@ def run_index_command(args: argparse.Namespace) -> int:
     OOM = torch.cuda.OutOfMemoryError  # noqa: N806
     debug = getattr(args, "debug", False)
     with warnings.catch_warnings():
+        warnings.simplefilter("always")  # every warning of this command, even one seen before
         if not debug:
             warnings.showwarning = _print_warning
         try:

@@ -278,11 +278,14 @@ class SearchMethod:
         search found fewer than k rows (too few in the probed lists)."""
         import faiss
 
+        # Set on the index, not passed as search(params=...): importing
+        # faiss.contrib.torch_utils (pytorch-metric-learning does) replaces search() with a
+        # wrapper that takes no params.
         if self.name == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=setting["nprobe"])
+            faiss.extract_index_ivf(self.index).nprobe = setting["nprobe"]
         else:
-            params = faiss.SearchParametersHNSW(efSearch=max(setting["ef"], k))
-        sims, rows = self.index.search(np.ascontiguousarray(queries), k, params=params)
+            self.index.hnsw.efSearch = max(setting["ef"], k)
+        sims, rows = self.index.search(np.ascontiguousarray(queries), k)
         return sims, rows
 
     def neighbors(
