@@ -107,16 +107,13 @@ def evaluate(
             model, gallery, num_workers=resolve_num_workers(config.data.num_workers), **kwargs
         )
     metrics: dict[str, dict[str, float]] = {}
-    if ctx.is_main:
-        for key, emb in q_embs.items():
-            metrics[key] = evaluate_embeddings(
-                emb,
-                q_labels,
-                None if g_embs is None else g_embs[key],
-                g_labels,
-                protocol=protocol,
-                with_nmi=with_nmi,
-            )
+    for key, emb in q_embs.items():  # every rank: the work is split, the numbers are the same
+        result = evaluate_embeddings(
+            emb, q_labels, None if g_embs is None else g_embs[key], g_labels,
+            protocol=protocol, with_nmi=with_nmi, distributed=ctx.is_distributed,
+        )  # fmt: skip
+        if ctx.is_main:
+            metrics[key] = result
     if g_embs is None:
         return metrics, q_embs, q_labels
     joined = {k: np.concatenate([q_embs[k], g_embs[k]]) for k in q_embs}
