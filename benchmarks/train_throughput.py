@@ -39,8 +39,11 @@ def measure(config, steps: int, warmup: int = 5) -> dict[str, float]:
     ctx = DistributedContext()
     run = build_run(config, ctx, load_pretrained=False)
     loader = iter(
-        make_train_loader(run.train_set, run.sampler, 0, 0, config, 0, augment=run.batch_augment)
-    )
+        make_train_loader(
+            run.train_set, run.sampler, 0, 0, config, 0, device=ctx.device,
+            augment=run.batch_augment,
+        )
+    )  # fmt: skip
     images, labels, _, _ = next(loader)
     batch = images.shape[0]
 

@@ -85,9 +85,11 @@ def test_the_glyph_batch_path_equals_the_per_item_path():
     picks = [3, 1, 400, 3, 250]
     fast = data.fast_batch(picks)
     assert fast is not None
-    for (image, label), i in zip(fast, picks, strict=True):
+    images, labels = fast
+    assert images.shape == (len(picks), 3, 32, 32) and labels.dtype == torch.int64
+    for image, label, i in zip(images, labels, picks, strict=True):
         expected_image, expected_label = data[i]
-        assert torch.equal(image, expected_image) and label == expected_label
+        assert torch.equal(image, expected_image) and int(label) == expected_label
     data.transform = build_transform("glyphs", True)  # a per-image random pipeline: no batch path
     assert data.fast_batch(picks) is None
 

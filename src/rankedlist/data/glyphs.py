@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from rankedlist.data.glyph_classes import select_classes
@@ -291,15 +292,16 @@ class GlyphDataset(LabeledImageDataset):
         """The untransformed glyph as an RGB ``PIL.Image``."""
         return Image.fromarray(self.images[index], mode="L").convert("RGB")
 
-    def fast_batch(self, indices: list[int]) -> list[tuple[Any, int]] | None:
-        """The items at ``indices`` made in one array operation when the transform is the plain
-        :class:`GlyphsToTensor` at the rendered size, else None (then each item goes through the
-        transform on its own). Equal to ``[self[i] for i in indices]``."""
+    def fast_batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(images, labels)`` of the items at ``indices`` made as one batch when the transform
+        is the plain :class:`GlyphsToTensor` at the rendered size, else None (then each item goes
+        through the transform on its own). Equal to collating ``[self[i] for i in indices]``."""
         t = self.transform
         if not isinstance(t, GlyphsToTensor) or t.size not in (None, self.images.shape[1]):
             return None
-        batch = GlyphsToTensor.from_uint8(self.images[np.asarray(indices, dtype=np.int64)])
-        return list(zip(batch.unbind(0), (int(self.labels[i]) for i in indices), strict=True))
+        rows = np.asarray(indices, dtype=np.int64)
+        images = GlyphsToTensor.from_uint8(self.images[rows])
+        return images, torch.from_numpy(np.asarray(self.labels, dtype=np.int64)[rows])
 
     def __repr__(self) -> str:
         return (

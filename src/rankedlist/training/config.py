@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "parse_overrides",
-    "resolve_num_workers",
     "save_config",
     "shipped_recipes_dir",
 ]
@@ -59,7 +57,7 @@ class DataConfig:
     k: int = 4  # images per class
     image_size: int | None = None  # None: the model's input_size
     val_fraction: float = 0.0  # share of the training classes held out for model selection
-    num_workers: int | None = None  # data-loader workers; None: one per core but one (max 8)
+    num_workers: int | None = None  # data-loader workers; None: 0 on a CPU device, else per core
 
 
 @dataclass
@@ -222,18 +220,6 @@ class Config:
             loss.memory_size,
             f"0 or at least the global batch data.p * data.k = {d.p * d.k}",
         )
-
-
-def resolve_num_workers(num_workers: int | None) -> int:
-    """``data.num_workers``, with ``None`` resolved to the cores this process may use, minus one
-    for the training step itself, at most 8 (more rarely pays on one machine)."""
-    if num_workers is not None:
-        return num_workers
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.amp import autocast
-from rankedlist.training.config import Config, resolve_num_workers
+from rankedlist.training.config import Config
+from rankedlist.training.loader_workers import resolve_num_workers
 
 __all__ = ["FUSED", "QueryThenGallery", "evaluate", "extract_embeddings", "format_metrics_table"]
 
@@ -63,10 +64,7 @@ def _batches(dataset: Dataset, indices: list[int], batch_size: int, num_workers:
     each where the dataset can (the glyphs' ``fast_batch``), else through a DataLoader."""
     fast = getattr(dataset, "fast_batch", None)
     if fast is not None and fast(indices[:1]) is not None:
-        return (
-            default_collate(fast(indices[i : i + batch_size]))
-            for i in range(0, len(indices), batch_size)
-        )
+        return (fast(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size))
     shard = Subset(dataset, indices)
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
@@ -97,15 +95,14 @@ def evaluate(
     """
     from rankedlist.evaluation import evaluate_embeddings
 
-    kwargs = dict(ctx=ctx, batch_size=config.train.eval_batch_size, amp=config.train.amp)
-    q_embs, q_labels = extract_embeddings(
-        model, query, num_workers=resolve_num_workers(config.data.num_workers), **kwargs
+    workers = resolve_num_workers(config.data.num_workers, ctx.device)
+    kwargs = dict(
+        ctx=ctx, batch_size=config.train.eval_batch_size, amp=config.train.amp, num_workers=workers
     )
+    q_embs, q_labels = extract_embeddings(model, query, **kwargs)
     g_embs, g_labels = (None, None)
     if gallery is not None:
-        g_embs, g_labels = extract_embeddings(
-            model, gallery, num_workers=resolve_num_workers(config.data.num_workers), **kwargs
-        )
+        g_embs, g_labels = extract_embeddings(model, gallery, **kwargs)
     metrics: dict[str, dict[str, float]] = {}
     for key, emb in q_embs.items():  # every rank: the work is split, the numbers are the same
         result = evaluate_embeddings(

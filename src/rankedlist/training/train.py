@@ -136,7 +136,7 @@ def train_loop(
         return (None if run.iteration >= t.iterations else "stopped"), None
     loader = make_train_loader(
         run.train_set, run.sampler, run.epoch, run.batch, run.config, run.ctx.rank,
-        augment=run.batch_augment,
+        device=run.ctx.device, augment=run.batch_augment,
     )  # fmt: skip
     with stop_on_signals() as flag:
         for images, labels, indices, _seeds in loader:
