@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rankedlist.cli.main import find_recipe, parse_command_line
+from rankedlist.cli.main import parse_command_line
 from rankedlist.training.config import load_config
+from rankedlist.training.recipes import find_recipe
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -199,8 +199,8 @@ def test_option_values_with_an_equals_sign_stay_values(tmp_path, monkeypatch):
 
 
 def test_shipped_recipes_are_found_from_any_folder(tmp_path, monkeypatch, capsys):
-    from rankedlist.cli.main import find_recipe, list_recipes
-    from rankedlist.training.config import load_config, shipped_recipes_dir
+    from rankedlist.training.config import load_config
+    from rankedlist.training.recipes import find_recipe, list_recipes, shipped_recipes_dir
 
     monkeypatch.chdir(tmp_path)  # no configs/ here
     shipped = shipped_recipes_dir()

@@ -17,55 +17,10 @@ from pathlib import Path
 
 from rankedlist import __version__
 
-__all__ = ["main", "build_parser", "find_recipe", "list_recipes", "parse_command_line"]
+__all__ = ["main", "build_parser", "parse_command_line"]
 
 _EXIT_USAGE = 2
 _EXIT_NONFINITE = 1
-
-
-def _configs_dirs() -> list[Path]:
-    """Where recipes live: ``./configs`` (the user's own, first), then the shipped ones."""
-    from rankedlist.training.config import shipped_recipes_dir
-
-    out: list[Path] = []
-    for d in (Path.cwd() / "configs", shipped_recipes_dir()):
-        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
-
-
-def find_recipe(name_or_path: str) -> Path:
-    """A config path as given, or a recipe name (``glyphs``) looked up in the configs folders."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    for folder in _configs_dirs():
-        for candidate in (folder / name_or_path, folder / f"{name_or_path}.yaml"):
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(
-        f"config {name_or_path!r} not found (neither a file nor a recipe name); "
-        "`rankedlist recipes` lists the shipped recipes"
-    )
-
-
-def list_recipes() -> list[tuple[str, str]]:
-    """``(recipe name, description)`` for every recipe (shipped, and ``./configs/*.yaml``)."""
-    import yaml
-
-    seen: dict[str, str] = {}
-    for folder in _configs_dirs():
-        for path in sorted(folder.glob("*.yaml")):
-            if path.stem in seen:
-                continue
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                data = {}
-            seen[path.stem] = (
-                str(data.get("description", "")).strip() if isinstance(data, dict) else ""
-            )
-    return sorted(seen.items())
 
 
 # --------------------------------------------------------------------------- parser
@@ -220,6 +175,7 @@ def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rankedlist.training.config import apply_overrides, config_from_dict, load_config
+    from rankedlist.training.recipes import find_recipe
     from rankedlist.training.train import main as train_main
 
     resume = None
@@ -297,9 +253,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from rankedlist.training.recipes import list_recipes, recipe_dirs
+
     recipes = list_recipes()
     if not recipes:
-        print(f"no recipes found (looked in {', '.join(map(str, _configs_dirs()))})")
+        print(f"no recipes found (looked in {', '.join(map(str, recipe_dirs()))})")
         return 0
     width = max(len(name) for name, _ in recipes)
     for name, description in recipes:
@@ -312,6 +270,7 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     import yaml
 
     from rankedlist.training.config import load_config
+    from rankedlist.training.recipes import find_recipe
 
     path = find_recipe(args.config) if args.config else None
     print(yaml.safe_dump(load_config(path, args.overrides).to_dict(), sort_keys=False), end="")

@@ -21,6 +21,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from rankedlist.training.recipes import shipped_recipes_dir
+
 __all__ = [
     "MEMORY_LOSSES",
     "Config",
@@ -35,7 +37,6 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "save_config",
-    "shipped_recipes_dir",
 ]
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -444,14 +445,6 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
                 parent_path = candidate
                 break
     return _deep_merge(_read_yaml(parent_path, (*seen, path.resolve())), data)
-
-
-def shipped_recipes_dir() -> Path:
-    """The recipes inside the package (``rankedlist/configs``), in any install."""
-    from importlib.resources import files
-
-    # A wheel installs into a folder, so the resource is a real path (no zip import here).
-    return Path(str(files("rankedlist") / "configs"))
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

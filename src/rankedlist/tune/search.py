@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rankedlist.training.config import Config, TrainConfig, apply_overrides, load_config
+from rankedlist.training.recipes import find_recipe
 from rankedlist.tune.space import SearchSpace, load_space
 from rankedlist.tune.study import (
     claim_trial,
@@ -31,7 +32,7 @@ from rankedlist.tune.study import (
 )
 from rankedlist.tune.trials import SignalGuard, run_trial
 
-__all__ = ["DEFAULT_METRIC", "TuneOptions", "TuneResult", "find_recipe", "tune"]
+__all__ = ["DEFAULT_METRIC", "TuneOptions", "TuneResult", "tune"]
 
 #: The objective when the recipe keeps the trainer's default selection metric.
 DEFAULT_METRIC = "map@r"
@@ -88,23 +89,6 @@ class Setup:
     storage_name: str
     n_trials: int
     options: TuneOptions
-
-
-def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe path as given, or a name in ``./configs`` or the shipped recipes."""
-    from rankedlist.training.config import shipped_recipes_dir
-
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    for folder in (Path.cwd() / "configs", shipped_recipes_dir()):
-        for candidate in (folder / str(name_or_path), folder / f"{name_or_path}.yaml"):
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(
-        f"config {str(name_or_path)!r} not found (neither a file nor a recipe name); "
-        "`rankedlist recipes` lists the shipped recipes"
-    )
 
 
 def prepare(options: TuneOptions) -> Setup:
