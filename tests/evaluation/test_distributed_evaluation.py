@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,53 +31,11 @@ def _load_worker():
 W = _load_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def ranks(tmp_path_factory, gloo_ranks) -> list[dict]:
     """Run the worker on 2 ranks once; return what each rank computed."""
     out = tmp_path_factory.mktemp("dist_eval")
-    port = _free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
-        env.update(
-            OMP_NUM_THREADS="1",
-            OPENBLAS_NUM_THREADS="1",
-            RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE / "_dist_worker.py"), str(out)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=180)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"rank {rank} failed (rc {p.returncode}):\n{log[-4000:]}"
+    gloo_ranks([sys.executable, str(HERE / "_dist_worker.py"), str(out)], world=WORLD)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -110,3 +65,18 @@ def test_distributed_without_process_group_raises():
     x, y = W._data(50, 5, 8, seed=0)
     with pytest.raises(ValueError, match="process group"):
         ev.retrieval_metrics(x, y, distributed=True)
+
+
+@pytest.mark.parametrize("n, world, unit", [(288, 2, 33), (10, 3, 1), (5, 4, 2), (0, 2, 7)])
+def test_shares_are_whole_chunks_that_cover_every_row_once(n, world, unit):
+    """Each process's rows are whole chunks of the single-process run, in order, none twice."""
+    from rankedlist.evaluation._comm import share
+
+    chunks = [list(range(s, min(n, s + unit))) for s in range(0, n, unit)]
+    got = [list(range(n))[share(n, r, world, unit)] for r in range(world)]
+    assert [i for part in got for i in part] == list(range(n))
+    for part in got:
+        starts = [c[0] for c in chunks]
+        assert not part or (part[0] in starts and (part[-1] + 1 == n or part[-1] + 1 in starts))
+    sizes = [-(-len(part) // unit) for part in got]  # chunks per process differ by one at most
+    assert max(sizes) - min(sizes) <= 1

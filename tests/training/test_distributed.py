@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,57 +45,11 @@ def _load_worker():
 W = _load_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def ranks(tmp_path_factory, gloo_ranks) -> list[dict]:
     """Run the worker on 2 ranks once; return what each rank saved."""
     out = tmp_path_factory.mktemp("ddp")
-    port = _free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = _clean_env()
-        env.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE / "_ddp_worker.py"), str(out)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=180)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"rank {rank} failed (rc {p.returncode}):\n{log[-4000:]}"
+    gloo_ranks([sys.executable, str(HERE / "_ddp_worker.py"), str(out)], world=WORLD)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -245,7 +197,7 @@ TINY_GLYPHS = [
 ]
 
 
-def _torchrun_train(cwd: Path, run_dir: Path, *args: str) -> str:
+def _torchrun_train(env: dict[str, str], cwd: Path, run_dir: Path, *args: str) -> str:
     cmd = [
         sys.executable,
         "-m",
@@ -261,9 +213,7 @@ def _torchrun_train(cwd: Path, run_dir: Path, *args: str) -> str:
         f"train.run_dir={run_dir}",
         *args,
     ]
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=400
-    )
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"torchrun failed (rc {proc.returncode}):\n{log[-4000:]}"
     return log
@@ -275,14 +225,14 @@ def _losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_two_process_glyphs_run_reports_once_and_resumes(tmp_path):
+def test_two_process_glyphs_run_reports_once_and_resumes(tmp_path, child_env):
     """torchrun x 2: stop at 3, resume to 6 (one report), same losses as an uninterrupted run."""
     parts, whole = tmp_path / "parts", tmp_path / "whole"
-    log = _torchrun_train(tmp_path, parts, "--stop-after", "3")
+    log = _torchrun_train(child_env(), tmp_path, parts, "--stop-after", "3")
     assert f"x {WORLD} processes" in log
     assert (parts / "last.pt").is_file() and not (parts / "report.md").exists()
 
-    log = _torchrun_train(tmp_path, parts, "--resume")
+    log = _torchrun_train(child_env(), tmp_path, parts, "--resume")
     assert log.count("resumed from") == 1  # rank 0 alone speaks
     assert (parts / "report.md").is_file() and (parts / "report.md").stat().st_size > 0
     test = json.loads((parts / "metrics.json").read_text())["test"]
@@ -290,7 +240,7 @@ def test_two_process_glyphs_run_reports_once_and_resumes(tmp_path):
     state = torch.load(parts / "last.pt", map_location="cpu", weights_only=False)
     assert state["world_size"] == WORLD and state["iteration"] == 6 and len(state["rng"]) == WORLD
 
-    _torchrun_train(tmp_path, whole, "train.report=false")
+    _torchrun_train(child_env(), tmp_path, whole, "train.report=false")
     got, expected = _losses(parts), _losses(whole)
     assert [s for s, _ in got] == list(range(1, 7))  # each step logged once, by rank 0
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], abs=1e-6)

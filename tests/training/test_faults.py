@@ -161,37 +161,11 @@ sys.exit(0)
 """
 
 
-def test_a_non_finite_embedding_on_one_rank_stops_every_rank(tmp_path):
+def test_a_non_finite_embedding_on_one_rank_stops_every_rank(tmp_path, gloo_ranks):
     """Two gloo processes: rank 1 alone has a NaN; both stop at the same step, none hangs."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = tmp_path / "worker.py"
     script.write_text(_DIVERGENCE_WORKER.format(here=str(HERE)))
-    procs = []
-    for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE"))}
-        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env=env,
-                cwd=REPO,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        )
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [3, 3], logs
+    logs = gloo_ranks([sys.executable, str(script)], world=2, expect=3, timeout=120)
     assert "embeddings are not finite on another process" in logs[0]
     assert "embeddings are not finite (head high)" in logs[1]
 

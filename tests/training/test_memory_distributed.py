@@ -9,9 +9,6 @@ fills, wraps around and holds older copies of the batch's samples.
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,48 +34,11 @@ def _load_worker():
 W = _load_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
+def ranks(tmp_path_factory, gloo_ranks) -> list[dict]:
     """Run the worker on 2 ranks once; return what each rank saved."""
     out = tmp_path_factory.mktemp("ddp_memory")
-    port = _free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
-        env.update(
-            OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-        )  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE / "_ddp_memory_worker.py"), str(out)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-        )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=180)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"rank {rank} failed (rc {p.returncode}):\n{log[-4000:]}"
+    gloo_ranks([sys.executable, str(HERE / "_ddp_memory_worker.py"), str(out)], world=WORLD)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

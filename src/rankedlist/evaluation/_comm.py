@@ -54,6 +54,10 @@ class Comm:
         return box[0]
 
 
-def share(n: int, rank: int, world: int) -> slice:
-    """The ``rank``-th of ``world`` contiguous, near-equal shares of ``range(n)``."""
-    return slice(n * rank // world, n * (rank + 1) // world)
+def share(n: int, rank: int, world: int, unit: int = 1) -> slice:
+    """The ``rank``-th of ``world`` contiguous, near-equal shares of ``range(n)``, made of whole
+    blocks of ``unit`` items (the blocks of ``range(0, n, unit)``; the last may be short)."""
+    blocks = -(-n // unit)
+    return slice(
+        min(n, blocks * rank // world * unit), min(n, blocks * (rank + 1) // world * unit)
+    )

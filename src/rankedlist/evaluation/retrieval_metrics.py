@@ -28,9 +28,9 @@ from ``fl32(<q, g>)`` in the last bit; the metrics differ only where two cosines
 are within a few 1e-7 of each other.
 
 ``distributed=True`` splits the work across the processes of torch.distributed's default
-group (each computes its share of the queries against the whole gallery; with the query set
-as gallery, its share of the symmetric product) and gathers the per-query values: every
-process gets the numbers a single process would.
+group (each computes its share of the queries against the whole gallery, in the chunks a single
+process would use; with the query set as gallery, its share of the symmetric product) and
+gathers the per-query values: every process gets the numbers a single process would.
 
 Nothing of size N x M is ever allocated, and label bookkeeping is O(N) (``np.bincount``).
 """
@@ -150,8 +150,11 @@ def retrieval_metrics(
             )
             backend = "faiss"
     if values is None:
-        owned = rows_all[share(rows_all.shape[0], rank_id, world)]
         chunk = int(chunk_size) if chunk_size else auto_chunk_size(problem.gallery.shape[0])
+        # Whole chunks, those a single process would compute: a BLAS may round a row's
+        # products differently in another batch of rows (seen with MKL on AMD), and a tie
+        # that one process sees must be the tie every split sees.
+        owned = rows_all[share(rows_all.shape[0], rank_id, world, unit=chunk)]
         if backend == "faiss":
             values = _rows_faiss(problem, owned, chunk, timings)
         else:
