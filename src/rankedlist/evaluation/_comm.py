@@ -58,6 +58,4 @@ def share(n: int, rank: int, world: int, unit: int = 1) -> slice:
     """The ``rank``-th of ``world`` contiguous, near-equal shares of ``range(n)``, made of whole
     blocks of ``unit`` items (the blocks of ``range(0, n, unit)``; the last may be short)."""
     blocks = -(-n // unit)
-    return slice(
-        min(n, blocks * rank // world * unit), min(n, blocks * (rank + 1) // world * unit)
-    )
+    return slice(min(n, blocks * rank // world * unit), min(n, blocks * (rank + 1) // world * unit))
