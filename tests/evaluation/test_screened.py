@@ -22,7 +22,8 @@ import rankedlist.evaluation._screened as screened_mod
 from rankedlist.evaluation import retrieval_metrics
 from rankedlist.evaluation._exact import exact_block, exact_pairs
 from rankedlist.evaluation._inputs import prepare
-from rankedlist.evaluation._screened import _bound, _norm_stats, row_values, screened_rows
+from rankedlist.evaluation._screen_bound import _bound, _norm_stats
+from rankedlist.evaluation._screened import row_values, screened_rows
 
 # Warnings of invalid values (NaN from inf arithmetic) would be bugs here.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning:rankedlist")
