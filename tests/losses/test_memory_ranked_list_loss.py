@@ -270,3 +270,31 @@ def test_a_memory_filled_by_hand_with_raw_rows_is_refused():
     bank.enqueue(mem * 3, mem_y, mem_ids)  # not normalised: not what the loss keeps
     with pytest.raises(ValueError, match="L2-normalised"):
         MemoryRankedListLoss(RankedListLoss(), bank)(x, y, ids)
+
+
+@pytest.fixture
+def tiny_tiles(monkeypatch):
+    """Column tiles of a few columns, so that small cases cross many tile edges."""
+    from rankedlist.losses import _paper_chunk
+
+    monkeypatch.setattr(_paper_chunk, "_TILE_ELEMENTS", 8)
+    monkeypatch.setattr(_paper_chunk, "_MIN_TILE_COLS", 5)
+
+
+@pytest.mark.parametrize("hyper", HYPER, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_column_tiles_match_the_naive_loop_over_the_union(tiny_tiles, hyper, chunk):
+    """The CPU kernel's column tiles (sums accumulated over tiles, excluded pairs per tile)."""
+    x, y, ids, mem, mem_y, mem_ids = make_case(seed=len(hyper) + (chunk or 0))
+    xr = x.clone().requires_grad_(True)
+    want, want_pos, want_neg = naive_union(xr, y, ids, mem, mem_y, mem_ids, "paper", **hyper)
+    want.backward()
+
+    loss_fn = loaded_loss(mem, mem_y, mem_ids, gradient="paper", chunk_size=chunk, **hyper)
+    xo = x.clone().requires_grad_(True)
+    got = loss_fn(xo, y, ids)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-9, atol=1e-12)
+    assert loss_fn.last_stats["active_pos"] == pytest.approx(want_pos)
+    assert loss_fn.last_stats["active_neg"] == pytest.approx(want_neg)

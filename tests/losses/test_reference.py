@@ -296,3 +296,20 @@ def test_other_hyper_parameters_changed_after_construction_are_used():
     loss_fn.reduction = "official"
     want, _ = expected(naive_rll(x.numpy(), y.tolist(), Tn=5.0, Tp=1.5, lam=0.7), "official")
     np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("hyper", HYPER, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_column_tiles_match_naive(monkeypatch, hyper, chunk_size):
+    """The CPU kernel's column tiles (a few columns each here: the diagonal crosses tile edges)."""
+    from rankedlist.losses import _paper_chunk
+
+    monkeypatch.setattr(_paper_chunk, "_TILE_ELEMENTS", 8)
+    monkeypatch.setattr(_paper_chunk, "_MIN_TILE_COLS", 3)
+    x, y = make_batch(40, 8, seed=5)
+    want_loss, want_grad = expected(naive_rll(x.numpy(), y.tolist(), **hyper), "official")
+    x.requires_grad_(True)
+    loss = RankedListLoss(reduction="official", chunk_size=chunk_size, **hyper)(x, y)
+    np.testing.assert_allclose(loss.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(x.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)

@@ -43,7 +43,7 @@ __all__ = [
     "official_weights",
 ]
 
-# Elements of one c x M work buffer. On CPU about 16 MB per float32 buffer keeps the six buffers of
+# Elements of one c x M work buffer. On CPU about 16 MB per float32 buffer keeps the buffers of
 # a chunk close to the L3 cache; the first-touch cost of freshly allocated large tensors (page
 # faults) is avoided by allocating them once per call.
 _CPU_CHUNK_ELEMENTS = 4 * 1024 * 1024
@@ -103,7 +103,8 @@ def auto_chunk_rows(
     if rows < _MIN_CHUNK_ROWS:
         rows = min(_MIN_CHUNK_ROWS, max(1, _MAX_CHUNK_ELEMENTS // ref))
     if dtype is not None and device.type == "cpu":
-        rows = min(rows, workspace_rows(ref, dtype))
+        # The products lose speed below _MIN_CHUNK_ROWS rows: as many as the workspace holds.
+        rows = min(max(rows, _MIN_CHUNK_ROWS), workspace_rows(ref, dtype))
     return max(1, min(rows, n_queries))
 
 
@@ -183,6 +184,7 @@ class PaperRankedList(torch.autograd.Function):
             shift_pos = hp.Tp * (d_max - hp.b) > limit
 
         c_max = max(1, min(chunk_rows, n))
+        c_max = -(-n // -(-n // c_max))  # chunks of equal size: no short, slow last chunk
         diagonal = self_cols is None and g is f
         all_self = self_cols is not None and bool((self_cols >= 0).all())
         compact = compact and not diagonal and m > 0

@@ -21,11 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["compact_chunk", "paper_chunk"]
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(1)`` using a preallocated scratch buffer for the product."""
-    return torch.mul(a, b, out=scratch).sum(1)
-
-
 def paper_chunk(
     xc: torch.Tensor,
     sqc: torch.Tensor,
@@ -46,23 +41,91 @@ def paper_chunk(
     d2_ready: bool = False,
 ):
     """Loss, statistics and closed-form gradient of one chunk of queries (all in-place work);
-    ``d2_ready``: ``bufs[0]`` already holds the chunk's squared distances."""
-    dist, notsame, neg, pos, work, coef, scratch = bufs
-    alpha, b = hp.alpha, hp.b
+    ``d2_ready``: ``bufs[0]`` already holds the chunk's squared distances.
 
-    # Distances from one product; clamp the rounding error of the expansion before the sqrt.
+    Four ``c x M`` buffers and about 20 elementwise passes, fused by hand: each buffer is
+    overwritten as soon as its content is dead (a row dot product is written over one of its
+    operands, not into a scratch buffer). On CPU the passes run over column tiles of a few MB, so
+    that they hit the cache rather than memory (the products stay on the whole chunk, where they
+    are fastest); the row sums are accumulated over the tiles.
+    """
+    dist, neg, pos, work = bufs
+    c, m = dist.shape
     if not d2_ready:
         _squared_distances(xc, sqc, g, sqg, dist)
+    # A row shift needs the maximum over the whole row before any weight: one tile then.
+    tile = max(1, m) if shift_neg or shift_pos or xc.device.type != "cpu" else _tile_cols(c, m)
+    by_tile = _exclusions_by_tile(excluded, extra, c, m, tile, xc.device)
+    sums = torch.zeros(6, c, dtype=dist.dtype, device=dist.device)
+    for k, j in enumerate(range(0, m, tile)):
+        cols = slice(j, j + tile)
+        views = [buf[:, cols] for buf in bufs]
+        _ranked_lists(
+            views, yc, yg[cols], by_tile[k], hp, shift_neg, shift_pos, need_grad, consts, sums
+        )
+    n_neg, n_pos, w_sum, num_neg, v_sum, num_pos = sums.unbind(0)
+    if hp.Tn == 0:
+        w_sum = n_neg  # w = the mask
+    if hp.Tp == 0:
+        v_sum = n_pos
+    s_neg, s_pos = consts.pop("s_neg", None), consts.pop("s_pos", None)
+
+    w_safe = torch.where(w_sum > 0, w_sum, torch.ones_like(w_sum))
+    loss_neg = num_neg / w_safe
+    log_s_neg = torch.log(w_sum)
+    if s_neg is not None:
+        log_s_neg = log_s_neg + s_neg
+    v_safe = torch.where(v_sum > 0, v_sum, torch.ones_like(v_sum))
+    loss_pos = num_pos / v_safe
+    log_s_pos = torch.log(v_sum)
+    if s_pos is not None:
+        log_s_pos = log_s_pos + s_pos
+    loss = kP * loss_pos + kN * loss_neg
+    if not need_grad:
+        return loss, n_pos, n_neg, log_s_pos, log_s_neg
+
+    # a_ij = (-kN w_ij / W_i + kP v_ij / V_i) / d_ij. The row factor -kN / W_i is applied to the
+    # c x D result of the product instead of the c x M matrix (one pass fewer): a = w + r v.
+    scale_neg = -kN / w_safe
+    scale_pos = kP / v_safe
+    w, v = (work, neg if hp.Tp > 0 else pos) if hp.Tn > 0 else (neg, work if hp.Tp > 0 else pos)
+    if kN != 0:
+        w_scale, v_scale = None, (scale_pos / scale_neg).unsqueeze(1)
+    else:
+        w_scale, v_scale = scale_neg.unsqueeze(1), scale_pos.unsqueeze(1)
+    row_sum = torch.zeros(c, dtype=dist.dtype, device=dist.device)
+    for j in range(0, m, tile):
+        cols = slice(j, j + tile)
+        coef = w[:, cols]
+        if w_scale is not None:
+            coef.mul_(w_scale)
+        row_sum += coef.addcmul_(v[:, cols], v_scale).sum(1)
+    # sum_j a_ij (x_i - g_j) = x_i sum_j a_ij - (A @ G)_i
+    grad = torch.addmm(xc * row_sum.unsqueeze(1), w, g, alpha=-1.0)
+    if w_scale is None:
+        grad.mul_(scale_neg.unsqueeze(1))
+    return loss, n_pos, n_neg, log_s_pos, log_s_neg, grad
+
+
+def _ranked_lists(views, yc, yg, exclusions, hp, shift_neg, shift_pos, need_grad, consts,
+                  sums) -> None:  # fmt: skip
+    """One column tile: distances, masks, weights; adds the tile's row sums to ``sums``
+    (n_neg, n_pos, W, sum w (alpha - d), V, sum v (d - b)) and, for the gradient, leaves w / d
+    and v / d in the buffers."""
+    dist, neg, pos, work = views
+    alpha, b = hp.alpha, hp.b
+    # Clamp the rounding error of the distance expansion before the sqrt.
     dist.clamp_(min=0.0).sqrt_()
 
     # Masks as 0/1 floats: multiplying by them is cheaper than boolean indexing.
+    notsame = pos
     torch.ne(yc.unsqueeze(1), yg.unsqueeze(0), out=notsame)
     torch.lt(dist, alpha, out=neg).mul_(notsame)  # N*: other label and d < alpha (strict)
-    torch.gt(dist, b, out=pos)
-    pos.addcmul_(pos, notsame, value=-1.0)  # P*: same label and d > alpha - m (strict)
+    torch.gt(dist, b, out=work)
+    # P*: same label and d > alpha - m (strict): gt - gt * notsame, written over notsame.
+    torch.addcmul(work, work, notsame, value=-1.0, out=pos)
     # The self pair is excluded by index, never by value.
-    if excluded is not None:
-        rows, cols = excluded
+    for rows, cols in exclusions:
         if cols is None:  # the batch against itself: a diagonal starting at column `rows`
             c = neg.shape[0]
             neg[:, rows : rows + c].diagonal().zero_()
@@ -73,78 +136,50 @@ def paper_chunk(
         else:
             neg[rows, cols] = 0.0
             pos[rows, cols] = 0.0
-    if extra is not None:  # e.g. a memory bank's older copies of the query (same sample)
-        neg[extra] = 0.0
-        pos[extra] = 0.0
-    n_neg = neg.sum(1)
-    n_pos = pos.sum(1)
+    sums[0] += neg.sum(1)
+    sums[1] += pos.sum(1)
 
     # Negatives: w = exp(Tn (alpha - d)) as a masked softmax. Active exponents lie in
     # (0, Tn*alpha], so without a huge Tn*alpha no row shift is needed (every active w >= 1).
     if hp.Tn > 0:
-        torch.add(consts["z_offset"], dist, alpha=-hp.Tn, out=work)  # z = Tn (alpha - d)
-        if shift_neg:
-            torch.mul(work, neg, out=coef)
-            s_neg = coef.amax(1)  # max over the active set (inactive entries are 0 < active)
-            coef.sub_(s_neg.unsqueeze(1)).clamp_(max=0.0).exp_().mul_(neg)
-        else:
-            s_neg = None
-            torch.exp(work, out=coef).mul_(neg)
-        w_sum = coef.sum(1)
-        num_neg = _rowdot(coef, work, scratch) / hp.Tn
+        w = torch.add(consts["z_offset"], dist, alpha=-hp.Tn, out=work)  # z = Tn (alpha - d)
+        if shift_neg:  # (one tile)
+            w.mul_(neg)
+            s_neg = consts["s_neg"] = w.amax(1)  # max over the active set (inactive: 0 < active)
+            w.sub_(s_neg.unsqueeze(1)).clamp_(max=0.0)
+        w.exp_().mul_(neg)  # z is overwritten: it is recomputed below, over the dead mask
+        sums[2] += w.sum(1)
+        z = torch.add(consts["z_offset"], dist, alpha=-hp.Tn, out=neg)
+        sums[3] += z.mul_(w).sum(1) / hp.Tn
+        free = neg
     else:
-        torch.add(consts["z_offset"], dist, alpha=-1.0, out=work)  # alpha - d
-        s_neg = None
-        coef.copy_(neg)
-        w_sum = n_neg
-        num_neg = _rowdot(coef, work, scratch)
-    w_safe = torch.where(w_sum > 0, w_sum, torch.ones_like(w_sum))
-    loss_neg = num_neg / w_safe
-    log_s_neg = torch.log(w_sum)
-    if s_neg is not None:
-        log_s_neg = log_s_neg + s_neg
-    if need_grad:
-        coef.mul_((-kN / w_safe).unsqueeze(1))  # -kN w_ij / W_i
+        sums[3] += torch.add(consts["z_offset"], dist, alpha=-1.0, out=work).mul_(neg).sum(1)
+        free = work
 
     # Positives: v = exp(Tp (d - b)), the plain mean for Tp = 0.
-    torch.sub(dist, b, out=work)  # d - b
-    s_pos = None
     if hp.Tp > 0:
-        v = neg  # the negative mask is no longer needed
-        torch.mul(work, hp.Tp, out=v)
-        if shift_pos:
+        v = torch.sub(dist, b, out=free).mul_(hp.Tp)  # Tp (d - b)
+        if shift_pos:  # (one tile)
             v.mul_(pos)
-            s_pos = v.amax(1)
+            s_pos = consts["s_pos"] = v.amax(1)
             v.sub_(s_pos.unsqueeze(1)).clamp_(max=0.0)
         v.exp_().mul_(pos)
-        v_sum = v.sum(1)
+        sums[4] += v.sum(1)
+        sums[5] += torch.sub(dist, b, out=pos).mul_(v).sum(1)  # over the dead mask
     else:
-        v = pos
-        v_sum = n_pos
-    v_safe = torch.where(v_sum > 0, v_sum, torch.ones_like(v_sum))
-    loss_pos = _rowdot(v, work, scratch) / v_safe
-    log_s_pos = torch.log(v_sum)
-    if s_pos is not None:
-        log_s_pos = log_s_pos + s_pos
-
-    loss = kP * loss_pos + kN * loss_neg
-    if not need_grad:
-        return loss, n_pos, n_neg, log_s_pos, log_s_neg
-
-    coef.addcmul_(v, (kP / v_safe).unsqueeze(1))
-    # a_ij = coef_ij / d_ij, with u_ij := 0 where d_ij = 0 (duplicates, the self pair).
-    F.threshold_(dist, 0.0, math.inf)
-    coef.div_(dist)
-    row_sum = coef.sum(1)
-    # sum_j a_ij (x_i - g_j) = x_i sum_j a_ij - (A @ G)_i
-    grad = torch.addmm(xc * row_sum.unsqueeze(1), coef, g, alpha=-1.0)
-    return loss, n_pos, n_neg, log_s_pos, log_s_neg, grad
+        sums[5] += torch.sub(dist, b, out=free).mul_(pos).sum(1)
+    if need_grad:  # w / d and v / d while the tile is in the cache; u_ij := 0 where d_ij = 0
+        F.threshold_(dist, 0.0, math.inf)  # (duplicates, the self pair)
+        (work if hp.Tn > 0 else neg).div_(dist)
+        (free if hp.Tp > 0 else pos).div_(dist)
 
 
 def _squared_distances(xc, sqc, g, sqg, out: torch.Tensor) -> torch.Tensor:
-    """``|x_i|^2 + |g_j|^2 - 2 x_i . g_j`` into ``out`` (one product, one pass)."""
-    torch.addmm(sqg.unsqueeze(0), xc, g.T, alpha=-2.0, out=out)
-    return out.add_(sqc.unsqueeze(1))
+    """``|x_i|^2 + |g_j|^2 - 2 x_i . g_j`` into ``out``: the norms are written first and the
+    product accumulates onto them in place (``addmm`` with a broadcast input would copy it into
+    ``out`` and need one more pass to add the other norms)."""
+    torch.add(sqc.unsqueeze(1), sqg.unsqueeze(0), out=out)
+    return out.addmm_(xc, g.T, alpha=-2.0)
 
 
 # Candidate columns are those within alpha^2 + this of some query (squared distance): the slack
@@ -213,3 +248,33 @@ def _as_pairs(self_pairs, extra, c: int, device: torch.device):
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty
     return torch.cat(rows), torch.cat(cols)
+
+
+# Column tiles of the elementwise passes on CPU: about this many elements per buffer (2 MiB in
+# float32, four buffers in the L3 cache), at least _MIN_TILE_COLS columns (per-call overhead).
+_TILE_ELEMENTS = 512 * 1024
+_MIN_TILE_COLS = 1024
+
+
+def _tile_cols(c: int, m: int) -> int:
+    return max(_MIN_TILE_COLS, _TILE_ELEMENTS // max(c, 1))
+
+
+def _exclusions_by_tile(excluded, extra, c: int, m: int, tile: int, device: torch.device):
+    """Each column tile's excluded pairs: the given forms when there is one tile, else one
+    ``(rows, cols)`` list per tile, columns relative to the tile."""
+    n_tiles = max(1, -(-m // tile))
+    if n_tiles == 1:
+        return [[pairs for pairs in (excluded, extra) if pairs is not None]]
+    if excluded is not None and excluded[1] is None:  # a diagonal starting at column `start`
+        start, diag = excluded[0], torch.arange(c, device=device)
+        excluded = (diag, diag + start)
+    rows, cols = _as_pairs(excluded, extra, c, device)
+    cols, order = torch.sort(cols)
+    rows = rows[order]
+    edges = torch.arange(n_tiles + 1, device=device) * tile
+    bounds = torch.searchsorted(cols, edges).tolist()
+    return [
+        [(rows[lo:hi], cols[lo:hi] - k * tile)] if hi > lo else []
+        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+    ]

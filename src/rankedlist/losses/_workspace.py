@@ -10,9 +10,10 @@ __all__ = ["release_workspace", "work_buffers", "workspace_rows"]
 
 # Work buffers up to this many bytes are kept between calls on CPU: the CPU allocator hands large
 # blocks back to the OS, and touching fresh pages again costs as much as several full passes over
-# the buffers (CUDA has its own caching allocator).
-_WORKSPACE_MAX_BYTES = 256 * 1024 * 1024
-_N_BUFFERS = 7
+# the buffers (CUDA has its own caching allocator). 288 MiB: the four float32 buffers of a chunk of
+# 256 queries (a full-speed product) against a 65,536-row memory plus its batch.
+_WORKSPACE_MAX_BYTES = 288 * 1024 * 1024
+_N_BUFFERS = 4
 _workspace = threading.local()
 
 
