@@ -1,22 +1,27 @@
 """Build time, memory, queries/s and recall@10 of the index methods (exact, ivf, hnsw).
 
-Three datasets of unit-norm float32 vectors in hierarchical clusters, like trained embeddings
+Datasets of unit-norm float32 vectors in hierarchical clusters, like trained embeddings
 (categories, then classes): groups of about 1,000 items (centres N(0, I)), classes of about 5
 items (SOP's average) whose centres scatter around their group's (+ N(0, I)), items around their
 class's (+ 0.7 N(0, I)). Each has 1,000 held-out queries from the same distribution (not in
 the index):
 
 * ``clustered-128`` and ``clustered-512``: 500,000 vectors of 128 and 512 dimensions;
-* ``sop-512``: the SOP test set's size, 60,502 vectors of 512 dimensions.
+* ``sop-512``: the SOP test set's size, 60,502 vectors of 512 dimensions;
+* ``clustered-128-200k``: 200,000 vectors of 128 dimensions (not run by default: a smaller set
+  for comparing hnsw's construction settings).
 
 Data without such structure is much harder for any approximate index: with ``eval_speed.py``'s
 SOP generator (class centres plus isotropic noise of 2.2 N(0, I), so that beyond its 2-12
 classmates a query's top 10 are points at random) recall@10 stays below 0.4 at every setting
 here.
 
-For each dataset every method is built once through rankedlist (``EmbeddingIndex(...,
-method=...)``, the parameters chosen from N as ``rankedlist index build`` chooses them, except
-where a row says otherwise) and searched with two or three settings. Columns: build seconds
+For each dataset every method of ``--methods`` (exact always: it is the reference) is built
+once through rankedlist (``EmbeddingIndex(..., method=...)``, the parameters chosen from N as
+``rankedlist index build`` chooses them, except where a row says otherwise) and searched with
+two or three settings; hnsw is built once per ``--M`` and ``--ef-construction`` value (efC in
+the rows) and searched with each ``--ef``. A row says "(default)" when all its settings are
+rankedlist's defaults. Columns: build seconds
 (the faiss training and adding; exact has nothing to build), the index's memory (the
 ``index.faiss`` file faiss writes, or the N x D float32 matrix for exact), queries per second
 (1,000 queries in one ``EmbeddingIndex.search`` call, k = 10, the fastest of ``--repeat``
@@ -24,8 +29,10 @@ runs), the speed-up over the exact search of the same run, and recall@10: the sh
 exact top 10 that the method returns. Everything runs in this one process on ``--threads``
 cores (2 by default, like the machine the README's table comes from).
 
-    python benchmarks/index_speed.py                     # the README table (~8 min on 2 cores)
+    python benchmarks/index_speed.py                     # all methods on the 3 default sets
     python benchmarks/index_speed.py --datasets sop-512  # one dataset
+    python benchmarks/index_speed.py --datasets clustered-128-200k --methods hnsw \\
+        --ef-construction 40 100 200 --ef 64 128 256     # hnsw's construction and search
     python benchmarks/index_speed.py --json results.json
 """
 
@@ -48,13 +55,33 @@ DATASETS = {
     "clustered-128": (500_000, 128),
     "clustered-512": (500_000, 512),
     "sop-512": (60_502, 512),  # the SOP test set's size
+    "clustered-128-200k": (200_000, 128),  # hnsw's construction settings, affordable on 2 cores
 }
-# (method, build parameters, search settings): every method at two or three settings.
-SETTINGS = [
-    ("exact", {}, [{}]),
-    ("ivf", {}, [{"nprobe": 4}, {"nprobe": None}, {"nprobe": 32}]),  # None: the default
-    ("hnsw", {}, [{"ef": 32}, {"ef": None}, {"ef": 128}]),
-]
+DEFAULT_DATASETS = ["clustered-128", "clustered-512", "sop-512"]
+# Search settings of each method (None: the default). hnsw's come from --ef, and hnsw is built
+# once per --M and --ef-construction value (None: the default).
+SEARCHES = {
+    "exact": [{}],
+    "ivf": [{"nprobe": 4}, {"nprobe": None}, {"nprobe": 32}],
+    "hnsw": [{"ef": 32}, {"ef": None}, {"ef": 128}],
+}
+
+
+def settings(
+    methods: list[str], m_values: list, efc_values: list, ef_values: list | None
+) -> list[tuple[str, dict, list[dict]]]:
+    """(method, build parameters, search settings) in the order they are measured; exact first,
+    the reference of recall and speed-up."""
+    out = [("exact", {}, SEARCHES["exact"])]
+    if "ivf" in methods:
+        out.append(("ivf", {}, SEARCHES["ivf"]))
+    if "hnsw" in methods:
+        searches = SEARCHES["hnsw"] if ef_values is None else [{"ef": v} for v in ef_values]
+        for m in m_values:
+            for efc in efc_values:
+                build = {k: v for k, v in (("M", m), ("ef_construction", efc)) if v is not None}
+                out.append(("hnsw", build, searches))
+    return out
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -109,8 +136,9 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
 
 
-def run_dataset(name: str, repeat: int) -> list[dict]:
+def run_dataset(name: str, repeat: int, plan: list[tuple[str, dict, list[dict]]]) -> list[dict]:
     from rankedlist.retrieval import EmbeddingIndex
+    from rankedlist.retrieval import index_methods as im
 
     t0 = time.perf_counter()
     x, queries = make_dataset(name)
@@ -119,7 +147,7 @@ def run_dataset(name: str, repeat: int) -> list[dict]:
     items = [""] * len(x)  # names are not what is measured
     rows_out, truth, exact_qps = [], None, None
     with tempfile.TemporaryDirectory() as tmp:
-        for method, build, searches in SETTINGS:
+        for method, build, searches in plan:
             t0 = time.perf_counter()
             index = EmbeddingIndex(x, items, method=method, **build)
             build_s = time.perf_counter() - t0 if method != "exact" else 0.0
@@ -133,13 +161,19 @@ def run_dataset(name: str, repeat: int) -> list[dict]:
                 label = ", ".join(f"{k} {v}" for k, v in used.items())
                 if method == "ivf":
                     label = f"nlist {index.method_params['nlist']}, {label}"
+                default = not setting or None in setting.values()
                 if method == "hnsw":
-                    label = f"M {index.method_params['M']}, {label}"
-                default = "" if setting and None not in setting.values() else " (default)"
+                    p = index.method_params
+                    label = f"M {p['M']}, efC {p['ef_construction']}, {label}"
+                    default = (p["M"], p["ef_construction"], used["ef"]) == (
+                        im.HNSW_M,
+                        im.HNSW_EF_CONSTRUCTION,
+                        im.HNSW_EF_SEARCH,
+                    )
                 row = {
                     "dataset": name,
                     "method": method,
-                    "setting": label + (default if method != "exact" else ""),
+                    "setting": label + (" (default)" if default and method != "exact" else ""),
                     "build_s": round(build_s, 1),
                     "memory_mib": round(memory / 2**20, 1),
                     "queries_per_s": round(qps, 1),
@@ -162,7 +196,27 @@ def _line(row: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=DEFAULT_DATASETS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["exact", "ivf", "hnsw"],
+        default=["exact", "ivf", "hnsw"],
+        help="methods to measure (exact always runs: it is the reference)",
+    )
+    parser.add_argument(
+        "--M", type=int, nargs="+", default=[None], help="hnsw: links per node (one build each)"
+    )
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="hnsw: candidates explored while inserting a node (one build each)",
+    )
+    parser.add_argument(
+        "--ef", type=int, nargs="+", help="hnsw: search settings (default: 32, the default, 128)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeat", type=int, default=2, help="search runs, fastest kept")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -174,13 +228,14 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
+    plan = settings(args.methods, args.M, args.ef_construction, args.ef)
     rows = []
     start = time.perf_counter()
     with threadpool_limits(args.threads):
         print("| dataset | method | setting | build s | memory MiB | queries/s | vs exact | "
               "recall@10 |\n|---|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
         for name in args.datasets:
-            rows.extend(run_dataset(name, args.repeat))
+            rows.extend(run_dataset(name, args.repeat, plan))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\n{args.threads} threads, faiss {faiss.__version__}, total "
           f"{time.perf_counter() - start:.0f} s, peak memory {peak:.1f} GiB")  # fmt: skip

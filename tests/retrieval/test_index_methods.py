@@ -83,6 +83,24 @@ def test_approximate_recall_above_the_floor(data, built, method):
     assert recall(index.search(q, 10, **widest)[1], truth) >= 0.99
 
 
+def test_hnsw_default_construction_reaches_high_recall_on_a_larger_set():
+    """60,000 x 128 clustered vectors: large enough that faiss's default construction
+    (efConstruction 40, below the 2M = 64 bottom-level links) builds a poorer graph (measured
+    here: recall@10 0.935 at ef 64) than rankedlist's default of 100 (0.995, built in 2 s)."""
+    n = 60_000
+    x, _ = clustered(n + 200, 128)
+    x, q = x[:n], x[n:]
+    index = EmbeddingIndex(x, [""] * n, method="hnsw")
+    params = index.method_params
+    assert (params["M"], params["ef_construction"], params["ef"]) == (
+        im.HNSW_M,
+        im.HNSW_EF_CONSTRUCTION,
+        im.HNSW_EF_SEARCH,
+    )
+    assert im.HNSW_EF_CONSTRUCTION >= 2 * im.HNSW_M
+    assert recall(index.search(q, 10)[1], brute_force(q, x, 10)[1]) >= 0.98
+
+
 def test_an_underfilled_ivf_search_is_completed_exactly(data, built):
     """With nprobe 1 a probed list can hold fewer rows than k: the gaps are filled exactly."""
     x, _, q = data
