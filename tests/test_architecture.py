@@ -41,8 +41,8 @@ ALLOWED = {
 
 # The training room, in reading order: each module imports only modules above it.
 TRAINING_ORDER = [
-    "recipes", "config_schema", "config", "checkpoint", "health", "distributed", "amp", "optim",
-    "global_batch_loss", "loss_factory", "recipe_data", "loader_workers", "batch_feed",
+    "recipes", "loader_workers", "config_schema", "config", "checkpoint", "health", "distributed",
+    "amp", "optim", "global_batch_loss", "loss_factory", "recipe_data", "batch_feed",
     "run_folder", "run_log", "step", "evaluation_pass", "run", "checkpoint_model", "signals",
     "final_test", "train", "evaluate_checkpoint",
 ]  # fmt: skip

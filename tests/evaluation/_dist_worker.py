@@ -78,6 +78,10 @@ def cases():
                 chunk_size=33,
             ),
         ),
+        "same_torch_auto_chunks": (  # the automatic chunk, capped so both processes work
+            "retrieval_metrics",
+            dict(query=x, query_labels=y, ks=(1, 4), backend="torch"),
+        ),
         "inshop": (
             "evaluate_embeddings",
             dict(

@@ -298,7 +298,13 @@ def test_other_hyper_parameters_changed_after_construction_are_used():
     np.testing.assert_allclose(loss_fn(x, y).numpy(), want, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("hyper", HYPER, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
+# The buffer pairings of the gradient differ with Tn = 0 / Tp > 0 and with lam = 0 (kN = 0).
+TILE_HYPER = [*HYPER, {"lam": 0.0}, {"Tn": 0.0, "Tp": 1.0}, {"lam": 0.0, "Tp": 1.0}]
+
+
+@pytest.mark.parametrize(
+    "hyper", TILE_HYPER, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items())
+)
 @pytest.mark.parametrize("chunk_size", [None, 7])
 def test_column_tiles_match_naive(monkeypatch, hyper, chunk_size):
     """The CPU kernel's column tiles (a few columns each here: the diagonal crosses tile edges)."""

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rankedlist import __version__
+from rankedlist.training.recipes import find_recipe, list_recipes, recipe_dirs
 
-__all__ = ["main", "build_parser", "parse_command_line"]
+__all__ = ["main", "build_parser", "find_recipe", "list_recipes", "parse_command_line"]
 
 _EXIT_USAGE = 2
 _EXIT_NONFINITE = 1
@@ -175,7 +176,6 @@ def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rankedlist.training.config import apply_overrides, config_from_dict, load_config
-    from rankedlist.training.recipes import find_recipe
     from rankedlist.training.train import main as train_main
 
     resume = None
@@ -253,8 +253,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from rankedlist.training.recipes import list_recipes, recipe_dirs
-
     recipes = list_recipes()
     if not recipes:
         print(f"no recipes found (looked in {', '.join(map(str, recipe_dirs()))})")
@@ -270,7 +268,6 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     import yaml
 
     from rankedlist.training.config import load_config
-    from rankedlist.training.recipes import find_recipe
 
     path = find_recipe(args.config) if args.config else None
     print(yaml.safe_dump(load_config(path, args.overrides).to_dict(), sort_keys=False), end="")

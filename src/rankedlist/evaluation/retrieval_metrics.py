@@ -24,13 +24,15 @@ queries were split across processes):
   recomputed only for queries whose first relevant item is beyond their list.
 
 ``"torch"`` and ``"faiss"`` rank by the values their float32 GEMM returns, which can differ
-from ``fl32(<q, g>)`` in the last bit; the metrics differ only where two cosines of a query
+from ``fl32(<q, g>)`` in the last bit, and between batches of rows or thread settings (MKL
+rounds differently with one OpenMP thread); the metrics differ only where two cosines of a query
 are within a few 1e-7 of each other.
 
 ``distributed=True`` splits the work across the processes of torch.distributed's default
-group (each computes its share of the queries against the whole gallery, in the chunks a single
-process would use; with the query set as gallery, its share of the symmetric product) and
-gathers the per-query values: every process gets the numbers a single process would.
+group (each computes its share of the queries against the whole gallery, with the torch back end
+in the chunks a single process uses; with the query set as gallery, its share of the symmetric
+product) and gathers the per-query values: every process gets the numbers a single process
+would.
 
 Nothing of size N x M is ever allocated, and label bookkeeping is O(N) (``np.bincount``).
 """
@@ -151,13 +153,16 @@ def retrieval_metrics(
             backend = "faiss"
     if values is None:
         chunk = int(chunk_size) if chunk_size else auto_chunk_size(problem.gallery.shape[0])
-        # Whole chunks, those a single process would compute: a BLAS may round a row's
-        # products differently in another batch of rows (seen with MKL on AMD), and a tie
-        # that one process sees must be the tie every split sees.
-        owned = rows_all[share(rows_all.shape[0], rank_id, world, unit=chunk)]
         if backend == "faiss":
+            owned = rows_all[share(rows_all.shape[0], rank_id, world)]
             values = _rows_faiss(problem, owned, chunk, timings)
         else:
+            if not chunk_size:  # at least 8 chunks, so that up to 8 processes all get work
+                chunk = min(chunk, max(1, -(-rows_all.shape[0] // 8)))
+            # Whole chunks, those a single process computes: a BLAS may round a row's
+            # products differently in another batch of rows (seen with MKL on AMD), and a
+            # tie that one process sees must be the tie every split sees.
+            owned = rows_all[share(rows_all.shape[0], rank_id, world, unit=chunk)]
             values = _rows_torch(problem, owned, chunk)
     rank, r_prec, ap = values
     if comm is not None:

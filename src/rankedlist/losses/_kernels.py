@@ -49,7 +49,8 @@ __all__ = [
 _CPU_CHUNK_ELEMENTS = 4 * 1024 * 1024
 _CUDA_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # Matrix products with fewer rows than this lose much of their speed on CPU, so chunks grow up to
-# it as long as a buffer stays below _MAX_CHUNK_ELEMENTS.
+# it as long as a buffer stays below _MAX_CHUNK_ELEMENTS; against a memory gallery on CPU, as far
+# as the workspace kept between calls holds the chunk's buffers (_workspace.workspace_rows).
 _MIN_CHUNK_ROWS = 256
 _MAX_CHUNK_ELEMENTS = 16 * 1024 * 1024
 
@@ -184,7 +185,7 @@ class PaperRankedList(torch.autograd.Function):
             shift_pos = hp.Tp * (d_max - hp.b) > limit
 
         c_max = max(1, min(chunk_rows, n))
-        c_max = -(-n // -(-n // c_max))  # chunks of equal size: no short, slow last chunk
+        c_max = -(-n // -(-n // c_max))  # near-equal chunks: no much shorter, slower last one
         diagonal = self_cols is None and g is f
         all_self = self_cols is not None and bool((self_cols >= 0).all())
         compact = compact and not diagonal and m > 0

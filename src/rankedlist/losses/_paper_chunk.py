@@ -54,7 +54,7 @@ def paper_chunk(
     if not d2_ready:
         _squared_distances(xc, sqc, g, sqg, dist)
     # A row shift needs the maximum over the whole row before any weight: one tile then.
-    tile = max(1, m) if shift_neg or shift_pos or xc.device.type != "cpu" else _tile_cols(c, m)
+    tile = max(1, m) if shift_neg or shift_pos or xc.device.type != "cpu" else _tile_cols(c)
     by_tile = _exclusions_by_tile(excluded, extra, c, m, tile, xc.device)
     sums = torch.zeros(6, c, dtype=dist.dtype, device=dist.device)
     for k, j in enumerate(range(0, m, tile)):
@@ -256,7 +256,8 @@ _TILE_ELEMENTS = 512 * 1024
 _MIN_TILE_COLS = 1024
 
 
-def _tile_cols(c: int, m: int) -> int:
+def _tile_cols(c: int) -> int:
+    """Columns per tile for a chunk of ``c`` query rows."""
     return max(_MIN_TILE_COLS, _TILE_ELEMENTS // max(c, 1))
 
 

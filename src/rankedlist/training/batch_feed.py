@@ -35,7 +35,8 @@ class SeededSamples(Dataset):
     inside a forked RNG state, so the augmentation depends only on the sample's seed and the
     caller's stream is left untouched. Each item is ``(image, label, index, seed)``: a batch
     carries the dataset index of each sample (a cross-batch memory excludes older copies of the
-    same sample by it) and its seed (for augmentation applied to the whole batch later).
+    same sample by it) and its seed (for augmentation applied to the whole batch later). A
+    dataset with ``fast_batch(indices)`` hands the loader whole batches, already collated.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -44,20 +45,25 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        return self.__getitems__([item])[0]
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int, int, int]:
+        return self._items([item])[0]
 
-    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any] | _Collated:
+        """The batch's items, or the whole batch already collated (a :class:`_Collated`
+        ``(images, labels, indices, seeds)``) when the dataset makes batches itself."""
         # A dataset that makes a whole batch in one array operation (deterministic: no seed)
-        # hands it over already collated: splitting it into samples to stack them again costs
-        # about a tenth of the glyph loader's time.
+        # hands it over collated: splitting it into samples to stack them again costs about a
+        # tenth of the glyph loader's time.
         fast = getattr(self.dataset, "fast_batch", None)
         indices = [index for index, _ in items]
         made = fast(indices) if fast is not None else None
-        if made is not None:
-            images, labels = made
-            seeds = torch.tensor([seed for _, seed in items], dtype=torch.int64)
-            return _Collated((images, labels, torch.tensor(indices, dtype=torch.int64), seeds))
+        if made is None:
+            return self._items(items)
+        images, labels = made
+        seeds = torch.tensor([seed for _, seed in items], dtype=torch.int64)
+        return _Collated((images, labels, torch.tensor(indices, dtype=torch.int64), seeds))
+
+    def _items(self, items: list[tuple[int, int]]) -> list[tuple[Any, int, int, int]]:
         # The DataLoader calls this once per batch: one fork of the RNG state per batch.
         with torch.random.fork_rng(devices=[]):
             out = []

@@ -21,7 +21,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from rankedlist.training.config_schema import (
+    AMP_MODES,
     MEMORY_LOSSES,
+    OPTIMIZERS,
+    SCHEDULES,
     Config,
     DataConfig,
     LossConfig,
@@ -30,10 +33,14 @@ from rankedlist.training.config_schema import (
     ScheduleConfig,
     TrainConfig,
 )
-from rankedlist.training.recipes import shipped_recipes_dir
+from rankedlist.training.loader_workers import resolve_num_workers
+from rankedlist.training.recipes import shipped_recipe, shipped_recipes_dir
 
 __all__ = [
+    "AMP_MODES",
     "MEMORY_LOSSES",
+    "OPTIMIZERS",
+    "SCHEDULES",
     "Config",
     "DataConfig",
     "LossConfig",
@@ -45,7 +52,9 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "parse_overrides",
+    "resolve_num_workers",
     "save_config",
+    "shipped_recipes_dir",
 ]
 
 # --------------------------------------------------------------------------- building
@@ -259,11 +268,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     parent_path = path.parent / str(base)
     if not parent_path.is_file():  # `base: glyphs` names a shipped recipe
-        shipped = shipped_recipes_dir()
-        for candidate in (shipped / str(base), shipped / f"{base}.yaml"):
-            if candidate.is_file():
-                parent_path = candidate
-                break
+        parent_path = shipped_recipe(str(base)) or parent_path
     return _deep_merge(_read_yaml(parent_path, (*seen, path.resolve())), data)
 
 

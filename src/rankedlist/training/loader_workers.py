@@ -14,8 +14,9 @@ def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> 
 
     On a CPU device the answer is 0: the training step's own threads use every core, and a
     worker process takes one of them from it. Measured on 2 cores with the glyph demo
-    (``benchmarks/train_throughput.py``), the full step reached 0.87 of the compute floor without
-    workers and 0.70 with one or two, and the JPEG/resnet18 setting gained nothing from them.
+    (``benchmarks/train_throughput.py``, several runs), the full step reached 0.87-0.90 of the
+    compute floor without workers and 0.67-0.78 with one or two, and the JPEG/resnet18 setting
+    gained nothing from them.
     On an accelerator the cores are free for the data: one worker per core this process may use,
     less one for the training loop itself, shared with the other processes of a ``torchrun`` on
     this machine (``LOCAL_WORLD_SIZE``), at most 8 (more rarely pays on one machine).

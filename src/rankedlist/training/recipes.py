@@ -7,7 +7,13 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["find_recipe", "list_recipes", "recipe_dirs", "shipped_recipes_dir"]
+__all__ = [
+    "find_recipe",
+    "list_recipes",
+    "recipe_dirs",
+    "shipped_recipe",
+    "shipped_recipes_dir",
+]
 
 
 def shipped_recipes_dir() -> Path:
@@ -16,6 +22,20 @@ def shipped_recipes_dir() -> Path:
 
     # A wheel installs into a folder, so the resource is a real path (no zip import here).
     return Path(str(files("rankedlist") / "configs"))
+
+
+def _in_folder(folder: Path, name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.yaml``, whichever is a file first."""
+    for candidate in (folder / name, folder / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe called ``name`` (with or without ``.yaml``), or None; what a recipe's
+    ``base: name`` falls back to when no such file sits beside it."""
+    return _in_folder(shipped_recipes_dir(), name)
 
 
 def recipe_dirs() -> list[Path]:
@@ -33,9 +53,9 @@ def find_recipe(name_or_path: str | Path) -> Path:
     if path.is_file():
         return path
     for folder in recipe_dirs():
-        for candidate in (folder / str(name_or_path), folder / f"{name_or_path}.yaml"):
-            if candidate.is_file():
-                return candidate
+        found = _in_folder(folder, str(name_or_path))
+        if found is not None:
+            return found
     raise FileNotFoundError(
         f"config {str(name_or_path)!r} not found (neither a file nor a recipe name); "
         "`rankedlist recipes` lists the shipped recipes"
