@@ -97,6 +97,11 @@ HYPER = [
 @pytest.mark.parametrize("mode", ["paper", "autograd"])
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_batch_plus_memory_matches_a_naive_loop_over_the_union(hyper, mode, chunk):
+    _check_against_the_union(hyper, mode, chunk)
+
+
+def _check_against_the_union(hyper: dict, mode: str, chunk: int | None) -> None:
+    """Loss, gradient and active-pair counts against the naive loop over batch + memory."""
     x, y, ids, mem, mem_y, mem_ids = make_case(seed=len(hyper) + (chunk or 0))
     xr = x.clone().requires_grad_(True)
     want, want_pos, want_neg = naive_union(xr, y, ids, mem, mem_y, mem_ids, mode, **hyper)
@@ -285,16 +290,4 @@ def tiny_tiles(monkeypatch):
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_column_tiles_match_the_naive_loop_over_the_union(tiny_tiles, hyper, chunk):
     """The CPU kernel's column tiles (sums accumulated over tiles, excluded pairs per tile)."""
-    x, y, ids, mem, mem_y, mem_ids = make_case(seed=len(hyper) + (chunk or 0))
-    xr = x.clone().requires_grad_(True)
-    want, want_pos, want_neg = naive_union(xr, y, ids, mem, mem_y, mem_ids, "paper", **hyper)
-    want.backward()
-
-    loss_fn = loaded_loss(mem, mem_y, mem_ids, gradient="paper", chunk_size=chunk, **hyper)
-    xo = x.clone().requires_grad_(True)
-    got = loss_fn(xo, y, ids)
-    got.backward()
-    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-9, atol=1e-12)
-    assert loss_fn.last_stats["active_pos"] == pytest.approx(want_pos)
-    assert loss_fn.last_stats["active_neg"] == pytest.approx(want_neg)
+    _check_against_the_union(hyper, "paper", chunk)
