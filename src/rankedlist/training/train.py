@@ -255,6 +255,7 @@ def main(
         run, log = start_run(config, ctx, resume, overwrite, allow_config_change)
         return _train_test_report(run, log, stop_after, on_validation, test)
     finally:
+        run = None  # its DDP model holds the process group, which is destroyed below
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         restore_rng_state(rng)
