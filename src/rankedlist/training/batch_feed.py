@@ -123,7 +123,7 @@ def make_train_loader(
         batch_sampler=EndlessBatches(sampler, epoch, start, config.train.seed, rank),
         num_workers=workers,
         collate_fn=_Collate(augment),
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.device(device).type == "cuda",  # page-locked only for a GPU copy
         # Workers live as long as the loader (one per run): no restart cost, and two batches
         # each in flight ahead of the step.
         persistent_workers=workers > 0,
