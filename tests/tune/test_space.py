@@ -109,3 +109,58 @@ def test_the_command_line_prints_one_error_line_for_a_bad_space(tmp_path, capsys
     assert not (tmp_path / "o" / "trials").exists()  # nothing ran
     assert run_cli([*argv, "--space", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml not found" in capsys.readouterr().err
+
+
+# 24 characters: 12 training classes, 10 of them left for training once data.val_fraction 0.2
+# holds 2 out for validation. With data.p=12 the batch is 24: k=2 would need P=12 classes.
+FEW_CLASSES = ["data.options.characters=ABCDEFGHJKLMNPQRSTUVWXYZ", "data.p=12", "data.k=2"]
+
+
+def small_study(tmp_path: Path, space_text: str, trials: int = 2) -> list[str]:
+    from _tune_helpers import TINY
+
+    space = write(tmp_path, space_text)
+    return ["tune", "--config", GLYPHS, "--trials", str(trials), "--study", "few",
+            "--out", str(tmp_path / "out"), "--space", str(space), "--search-only",
+            "--pruner", "none", *TINY, *FEW_CLASSES, "train.iterations=2",
+            "train.eval_every=2"]  # fmt: skip
+
+
+def test_k_choices_needing_more_p_than_the_search_split_has_classes_are_left_out(tmp_path, capsys):
+    from _tune_helpers import load_study
+
+    argv = small_study(tmp_path, "replace: true\nparameters:\n  k: {choices: [2, 3, 4]}\n")
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    note = "k: choices [2] left out: they need P = 24 / k = [12] classes per batch"
+    assert note in printed and "holds only 10 classes" in printed
+    study = load_study(tmp_path / "out" / "study.journal", "few")
+    assert len(study.trials) == 2
+    assert all(t.distributions["k"].choices == (3, 4) for t in study.trials)  # 2: never sampled
+    assert {t.params["k"] for t in study.trials} <= {3, 4}
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert note in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("space_text", "message"),
+    [
+        (
+            "replace: true\nparameters:\n  k: {choices: [2]}\n",
+            "parameter 'k': the choices [2] that split the batch of 24 need P = 24 / k = [12] "
+            "classes per batch, but the search's training split holds only 10 classes",
+        ),
+        (  # k is not searched: the recipe's own P is checked before any trial
+            "replace: true\nparameters:\n  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n",
+            "data.p=12 classes per batch, but the search's training split holds only 10 classes",
+        ),
+    ],
+)
+def test_no_p_that_fits_the_classes_of_the_search_split_is_one_error_line_up_front(
+    tmp_path, capsys, space_text, message
+):
+    assert run_cli(small_study(tmp_path, space_text)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert message in err[0] and "data.val_fraction 0.2" in err[0]
+    assert not (tmp_path / "out" / "trials").exists()  # no trial ran

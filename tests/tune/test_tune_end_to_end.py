@@ -54,9 +54,8 @@ def test_the_study_runs_its_trials_then_tests_the_best_once(study):
     assert {t["state"] for t in trials} <= {"complete", "pruned"}
     assert all(t["run_dir"].endswith(f"trials/0000{t['number']}") for t in trials)
     for t in trials:  # each trial trained once, in its own folder, without checkpoints
-        assert sorted(p.name for p in (out / "trials" / f"0000{t['number']}").iterdir()) == [
-            "config.yaml", "metrics.jsonl",
-        ]  # fmt: skip
+        names = {p.name for p in (out / "trials" / f"0000{t['number']}").iterdir()}
+        assert names - {"run_files.json"} == {"config.yaml", "metrics.jsonl"}  # the run's list
     s = load_study(out / "study.journal", "e2e")
     assert len(s.trials) == 3
     assert all(t.intermediate_values for t in s.trials)  # each reported while it trained
@@ -94,14 +93,70 @@ def test_best_yaml_trains(study):
     assert (study["out"] / "best" / "metrics.json").is_file()
 
 
-def test_the_same_command_again_changes_nothing(study, capsys):
-    log = study["log"]
-    before = log.read_text()
+def final_files(out):
+    """The final run's files: name -> (bytes, modification time in ns)."""
+    return {
+        p.name: (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in (out / "final").iterdir()
+        if p.is_file()
+    }
+
+
+def run_recorded(argv, log) -> int:
     os.environ[SPLITS_LOG] = str(log)
     try:
-        assert run_cli(study["argv"]) == 0
+        return run_cli(argv)
     finally:
         os.environ.pop(SPLITS_LOG)
-    assert log.read_text() == before  # no trial and no second look at the test split
+
+
+def test_the_same_command_again_changes_nothing_and_more_trials_are_refused(study, capsys):
+    out, log = study["out"], study["log"]
+    before = log.read_text().split()
+    files = final_files(out)
+    metrics = (out / "final" / "metrics.json").read_bytes()
+    assert "last.pt" in files and files["last.pt"][0] > 0
+    capsys.readouterr()
+
+    assert run_recorded(study["argv"], log) == 0  # the same command, the same N
     assert "reused (not re-tested)" in capsys.readouterr().out
-    assert len(load_study(study["out"] / "study.journal", "e2e").trials) == 3
+
+    more = [*study["argv"]]
+    more[more.index("--trials") + 1] = "5"
+    assert run_recorded(more, log) == 2  # more trials after the final test: refused
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "study 'e2e' was tested" in err[0] and "--trials 5" in err[0]
+    assert str(out / "final" / "metrics.json") in err[0]
+    assert "another --study name and --out" in err[0]
+
+    after = log.read_text().split()
+    assert after.count("test") == before.count("test") == 1  # the test split: read once
+    assert after.count("val") == before.count("val")  # and no trial ran
+    assert len(load_study(out / "study.journal", "e2e").trials) == 3
+    assert not (out / "trials" / "00003").exists()
+    assert final_files(out) == files  # the final run untouched: same bytes, same times
+    assert (out / "final" / "metrics.json").read_bytes() == metrics
+
+
+def test_more_trials_are_fine_until_the_final_test(tmp_path, capsys):
+    """A study stopped before its final test (here: --search-only) may grow; once tested, not."""
+    register_recorded_glyphs()
+    out, log = tmp_path / "out", tmp_path / "splits.log"
+    argv = ["tune", "--config", GLYPHS, "--trials", "1", "--study", "grow", "--out", str(out),
+            "--pruner", "none", "data.dataset=glyphs_recorded", *TINY, "train.iterations=2",
+            "train.eval_every=2"]  # fmt: skip
+    assert run_recorded([*argv, "--search-only"], log) == 0
+    assert not (out / "final").exists()
+    argv[argv.index("--trials") + 1] = "2"
+    assert run_recorded(argv, log) == 0  # one more trial, then the final run, tested once
+    assert log.read_text().split().count("test") == 1
+    assert len(load_study(out / "study.journal", "grow").trials) == 2
+    record = load_study(out / "study.journal", "grow").user_attrs["rankedlist_tune_tested"]
+    assert record["n_trials"] == 2 and "recall@1" in record["test"]
+    capsys.readouterr()
+    argv[argv.index("--trials") + 1] = "3"
+    assert run_recorded(argv, log) == 2
+    assert "--trials 3" in capsys.readouterr().err
+    assert log.read_text().split().count("test") == 1
+    assert len(load_study(out / "study.journal", "grow").trials) == 2

@@ -22,7 +22,9 @@ DESCRIPTION = (
     "When the study has N trials, the best configuration is trained once more and tested once, "
     "and --out holds best.yaml, trials.csv and report.md. Several processes with the same "
     "--study and --storage share the study (one per GPU: CUDA_VISIBLE_DEVICES=i); Ctrl-C or "
-    "SIGTERM leaves it consistent and the same command again continues it."
+    "SIGTERM leaves it consistent and the same command again continues it. The test split is "
+    "read once: a study whose best was tested takes no more trials (search further in a new "
+    "--study and --out)."
 )
 #: The options whose next word is their value (never a KEY=VALUE override).
 VALUE_OPTIONS = (

@@ -4,8 +4,11 @@
    class-disjoint validation split (``data.val_fraction`` 0.2 when the recipe has none),
    ``train.select_metric`` = the objective, a validation every ``train.iterations / 5``
    iterations when the recipe has none, no TensorBoard, no report;
-2. the search space (:mod:`rankedlist.tune.space`), checked at both ends of every range;
-3. the study (:mod:`rankedlist.tune.study`), created or joined;
+2. the search space (:mod:`rankedlist.tune.space`), checked at both ends of every range; the
+   choices of ``k`` whose P = batch / k exceeds the classes of the search's training split are
+   left out (a note says which), and with no ``k`` searched the recipe's ``data.p`` must fit;
+3. the study (:mod:`rankedlist.tune.study`), created or joined; a study whose best was tested
+   already (:func:`rankedlist.tune.final.refuse_a_second_test`) takes no more trials;
 4. trials until the study has N (:mod:`rankedlist.tune.trials`), ``--timeout`` or a signal;
 5. when all N are done: the best configuration trained once more and tested, ``best.yaml``,
    ``trials.csv`` and ``report.md`` (:mod:`rankedlist.tune.final`).
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 
 from rankedlist.training.config import Config, TrainConfig, apply_overrides, load_config
 from rankedlist.training.recipes import find_recipe
-from rankedlist.tune.space import SearchSpace, load_space
+from rankedlist.tune.space import SearchSpace, held_out_text, load_space
 from rankedlist.tune.study import (
     claim_trial,
     counted_trials,
@@ -128,8 +132,30 @@ def prepare(options: TuneOptions) -> Setup:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"--study {name!r}: give a plain name (letters, digits, - and _)")
     out = Path(options.out) if options.out is not None else Path("runs") / "tune" / name
-    space = load_space(search, options.space)
+    classes = functools.cache(lambda: train_classes(search))
+    space = load_space(search, options.space, train_classes=classes)
+    if "k" not in space.params and search.data.p > classes():
+        raise ValueError(
+            f"data.p={search.data.p} classes per batch, but the search's training split holds "
+            f"only {classes()} classes{held_out_text(search)}; lower data.p (or "
+            "data.val_fraction), or search k (e.g. `k: {choices: [4, 8]}` in a --space file)"
+        )
     return Setup(name, out, recipe, search, space, metric, "", options.trials, options)
+
+
+def train_classes(config: Config) -> int:
+    """The classes of the training split ``config``'s runs train on (the split is opened, its
+    labels counted; the validation and test splits are not opened)."""
+    import warnings
+
+    import numpy as np
+
+    from rankedlist.training.recipe_data import get_split_dataset
+
+    with warnings.catch_warnings():  # e.g. skipped images: each trial's own log reports them
+        warnings.simplefilter("ignore")
+        dataset = get_split_dataset(config, "train", None)
+    return len(np.unique(np.asarray(dataset.labels)))
 
 
 def tune(options: TuneOptions) -> TuneResult:
@@ -153,6 +179,9 @@ def tune(options: TuneOptions) -> TuneResult:
         make_pruner(options.pruner, setup.n_trials, eval_every),
         lock,
     )
+    from rankedlist.tune.final import finish, refuse_a_second_test, write_trials_csv
+
+    refuse_a_second_test(study, setup)  # before anything is printed or run
     _say(
         f"study {setup.name!r} in {setup.storage_name}: {setup.n_trials} trials of "
         f"{setup.search.train.iterations} iterations, objective val {setup.metric} "
@@ -160,8 +189,6 @@ def tune(options: TuneOptions) -> TuneResult:
     )
     for note in setup.space.notes:
         _say(note)
-
-    from rankedlist.tune.final import finish, write_trials_csv
 
     start = time.monotonic()
     status, signum = "searching", None

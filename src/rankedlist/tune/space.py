@@ -12,20 +12,22 @@ A space is YAML (``rankedlist/tune/spaces/<loss>.yaml``)::
       optim.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}   # any config key
 
 Parameter names: ``lr`` (``optim.lr``), ``k`` (the P/K split of the recipe's batch size: the
-choices that divide it, leaving p >= 2, are kept), ``gap`` (RLL only: ``alpha = margin + gap``,
-the positive boundary; not together with ``alpha``), any parameter of the loss (``margin``,
-``Tn``, ... go to ``loss.params``; the loss factory's names), or any dotted config key. A range
-is ``{low, high}`` (floats; ``type: int`` for integers) with optional ``log`` and ``step``, or
-``{choices: [...]}``; ``relative: true`` multiplies the range by the recipe's value. A ``--space``
-file replaces the shipped range of each parameter it names, adds the others, and ``name: null``
-drops one. An unknown parameter or a bad range is a ``ValueError`` naming it.
+choices that divide it, leaving p >= 2, are kept, and of those the ones whose P = batch / k fits
+the classes of the search's training split; the others are left out with a note), ``gap`` (RLL
+only: ``alpha = margin + gap``, the positive boundary; not together with ``alpha``), any parameter
+of the loss (``margin``, ``Tn``, ... go to ``loss.params``; the loss factory's names), or any
+dotted config key. A range is ``{low, high}`` (floats; ``type: int`` for integers) with optional
+``log`` and ``step``, or ``{choices: [...]}``; ``relative: true`` multiplies the range by the
+recipe's value. A ``--space`` file replaces the shipped range of each parameter it names, adds the
+others, and ``name: null`` drops one. An unknown parameter or a bad range is a ``ValueError``
+naming it.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import yaml
 
 from rankedlist.training.config import Config, apply_overrides
 
-__all__ = ["Param", "SearchSpace", "load_space", "shipped_space_path"]
+__all__ = ["Param", "SearchSpace", "load_space", "shipped_space_path", "held_out_text"]
 
 _SPEC_KEYS = ("low", "high", "log", "step", "type", "choices", "relative")
 _TOP_KEYS = ("loss", "replace", "parameters")
@@ -119,12 +121,21 @@ def shipped_space_path(loss: str) -> Path:
     return Path(str(files("rankedlist.tune") / "spaces" / f"{loss}.yaml"))
 
 
-def load_space(config: Config, path: str | Path | None = None) -> SearchSpace:
+def load_space(
+    config: Config,
+    path: str | Path | None = None,
+    train_classes: Callable[[], int] | int | None = None,
+) -> SearchSpace:
     """The shipped space of the recipe's loss, overridden by ``path``, bound to ``config``.
+
+    ``train_classes``: the number of classes of the training split the trials train on (or a
+    function that counts them, called only when ``k`` is searched); the ``k`` choices whose
+    P = batch / k exceeds it are left out. None: not checked.
 
     Raises:
         ValueError: an unknown parameter, a bad range, a range the recipe or the loss rejects
-            (checked at both ends), or no shipped space for the loss and no ``path``.
+            (checked at both ends), no ``k`` choice that fits, or no shipped space for the loss
+            and no ``path``.
         FileNotFoundError: ``path`` does not exist.
     """
     loss = config.loss.name
@@ -160,9 +171,9 @@ def load_space(config: Config, path: str | Path | None = None) -> SearchSpace:
                 f"{', '.join(valid)}, or a dotted config key such as optim.weight_decay"
             )
         param = _parse(str(name), spec, where)
-        param, note = _bind(param, spec, config, where)
+        param, bound_notes = _bind(param, spec, config, where, train_classes)
         params[str(name)] = param
-        notes += [note] if note else []
+        notes += bound_notes
     if "gap" in params and "alpha" in params:
         raise ValueError(
             f"search space {where}: 'gap' (alpha = margin + gap) and 'alpha' are both searched; "
@@ -280,9 +291,16 @@ def _parse(name: str, spec: Any, where: str) -> Param:
     return Param(name, kind, number(low), number(high), log, None if step is None else number(step))
 
 
-def _bind(param: Param, spec: Mapping[str, Any], config: Config, where: str):
-    """Resolve a relative range against the recipe; keep the k choices that fit the batch."""
-    note = None
+def _bind(
+    param: Param,
+    spec: Mapping[str, Any],
+    config: Config,
+    where: str,
+    train_classes: Callable[[], int] | int | None = None,
+) -> tuple[Param, list[str]]:
+    """Resolve a relative range against the recipe; keep the k choices that fit the batch and
+    the classes of the training split."""
+    notes = []
     if spec.get("relative"):
         if param.kind == "categorical" or param.name in ("k", "gap"):
             raise ValueError(
@@ -300,7 +318,7 @@ def _bind(param: Param, spec: Mapping[str, Any], config: Config, where: str):
         if param.kind == "int":
             low, high = math.ceil(low), math.floor(high)
         param = replace(param, low=low, high=high, step=None if not param.step else param.step)
-        note = f"{param.name}: relative range x the recipe's {base:g}"
+        notes.append(f"{param.name}: relative range x the recipe's {base:g}")
     if param.name == "k":
         batch = config.data.p * config.data.k
         fits = [c for c in param.choices if _divides(c, batch)]
@@ -312,9 +330,35 @@ def _bind(param: Param, spec: Mapping[str, Any], config: Config, where: str):
             )
         if len(fits) < len(param.choices):
             dropped = [c for c in param.choices if c not in fits]
-            note = f"k: choices {dropped} do not divide the batch of {batch}; left out"
+            notes.append(f"k: choices {dropped} do not divide the batch of {batch}; left out")
+        if train_classes is not None:
+            classes = train_classes() if callable(train_classes) else int(train_classes)
+            too_many = [c for c in fits if batch // c > classes]
+            if too_many:
+                need = (
+                    f"P = {batch} / k = {[batch // c for c in too_many]} classes per batch, but "
+                    f"the search's training split holds only {classes} classes"
+                    f"{held_out_text(config)}"
+                )
+                fits = [c for c in fits if c not in too_many]
+                if not fits:
+                    raise ValueError(
+                        f"search space {where}: parameter 'k': the choices {too_many} that split "
+                        f"the batch of {batch} need {need}; add choices of k >= "
+                        f"{math.ceil(batch / classes)} (k divides {batch}), lower the batch "
+                        "(data.p) or lower data.val_fraction"
+                    )
+                notes.append(f"k: choices {too_many} left out: they need {need}")
         param = replace(param, choices=tuple(fits))
-    return param, note
+    return param, notes
+
+
+def held_out_text(config: Config) -> str:
+    """Why the search's training split has fewer classes than the recipe's, for messages."""
+    fraction = config.data.val_fraction
+    if not fraction:
+        return ""
+    return f" (the training classes less the data.val_fraction {fraction:g} held out for val)"
 
 
 def _divides(choice: Any, batch: int) -> bool:

@@ -120,11 +120,14 @@ def run_trial(
     trial.set_user_attr("run_dir", str(run_dir))
     _say(f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
 
+    reported: list[float] = []  # the last value reported to the pruner
+
     def on_validation(iteration: int, metrics: dict[str, float]) -> bool:
         value = metrics.get(metric)
         if value is None or not math.isfinite(value):
             return False
         trial.report(float(value), iteration)
+        reported[:] = [float(value)]
         return trial.should_prune()
 
     try:
@@ -155,8 +158,12 @@ def run_trial(
     value = result.best.get("value")
     _cleanup(run_dir)
     if result.status == "pruned":
+        why = _pruned_because(study.pruner)
+        if reported:
+            why = f"val {metric} {reported[0]:.4f}, {why}"
+        trial.set_user_attr("note", f"pruned at iteration {result.iteration}: {why}")
         study.tell(trial, state=state.PRUNED)
-        _say(f"trial {trial.number}: pruned at iteration {result.iteration}")
+        _say(f"trial {trial.number}: pruned at iteration {result.iteration} ({why})")
         return TrialOutcome(trial.number, "pruned", value, result.iteration)
     if value is None or not math.isfinite(value):
         trial.set_user_attr("note", f"no finite validation {metric}")
@@ -168,6 +175,16 @@ def run_trial(
         f"(iteration {result.best.get('iteration')})"
     )
     return TrialOutcome(trial.number, "complete", float(value), result.iteration)
+
+
+def _pruned_because(pruner: Any) -> str:
+    """Why the study's pruner stops a trial, in words."""
+    pruners = optuna_module().pruners
+    if isinstance(pruner, pruners.MedianPruner):
+        return "below the median of the earlier trials at that iteration"
+    if isinstance(pruner, pruners.SuccessiveHalvingPruner):
+        return "not in the top third of the trials at that rung (successive halving)"
+    return f"stopped by the {type(pruner).__name__}"
 
 
 def _interrupted(study: Any, trial: Any, run_dir: Path, signum: int) -> TrialOutcome:
