@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,93 @@ def test_csv_byte_order_mark_and_comma_only_rows(tmp_path: Path, write_image) ->
     assert train.classes == ["x"] and test.classes == ["y"] and len(train) == len(test) == 1
 
 
+def _split_csv(tmp_path: Path, write_image, rows: list[str], header="path,label,split") -> Path:
+    """``list.csv`` with ``rows`` under ``header``; every listed image exists."""
+    for row in rows:
+        write_image(tmp_path / row.split(",")[0])
+    (tmp_path / "list.csv").write_text("\n".join([header, *rows]) + "\n")
+    return tmp_path / "list.csv"
+
+
+SPLIT_ROWS = [  # lines 2-7: classes 1 and 2 train, 3 val, 4 test
+    "imgs/a.png,1,train", "imgs/b.png,1,train", "imgs/c.png,2,train",
+    "imgs/d.png,3,val", "imgs/e.png,4,test", "imgs/f.png,4,test",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_csv_image_in_two_splits_is_refused_whichever_split_is_loaded(
+    tmp_path: Path, write_image, split: str
+) -> None:
+    # line 9 lists line 3's image again (spelled differently) in the test split
+    rows = [*SPLIT_ROWS, "imgs/g.png,4,test", "./imgs//b.png,4,test"]
+    csv_path = _split_csv(tmp_path, write_image, rows)
+    with pytest.raises(ValueError) as err:
+        get_dataset("csv", csv_path, split)
+    assert str(err.value) == (
+        f"csv: {csv_path}:9: the image ./imgs//b.png is in the test split here and in the train "
+        "split on line 3, so it leaks from one to the other; list each image in one split only "
+        "(delete one of the two rows)"
+    )
+
+
+def test_csv_image_in_both_automatic_splits_is_refused(tmp_path: Path, write_image) -> None:
+    # no split column: classes x, y train and z, w test; a.png is listed under x and under z
+    rows = ["a.png,x", "b.png,y", "c.png,z", "a.png,z", "d.png,w"]
+    csv_path = _split_csv(tmp_path, write_image, rows, header="path,label")
+    with pytest.raises(ValueError) as err:
+        get_dataset("csv", csv_path, "train")
+    assert str(err.value) == (
+        f"csv: {csv_path}:5: the image a.png is in the test split here and in the train split "
+        "on line 2, so it leaks from one to the other; list each image in one split only "
+        "(delete one of the two rows)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "label", "here", "there", "first"),
+    [
+        ("imgs/x.png,2,test", "2", "test", "train", 4),  # a training class in the test split
+        ("imgs/x.png,02,val", "02", "val", "train", 4),  # the same class, as numbers compare
+        ("imgs/x.png,4,train", "4", "train", "test", 6),
+        ("imgs/x.png,3,test", "3", "test", "val", 5),  # selection on test classes
+    ],
+)
+def test_csv_class_in_two_splits_is_refused(
+    tmp_path: Path, write_image, row: str, label: str, here: str, there: str, first: int
+) -> None:
+    csv_path = _split_csv(tmp_path, write_image, [*SPLIT_ROWS, row])
+    for split in ("train", "test"):
+        with pytest.raises(ValueError) as err:
+            get_dataset("csv", csv_path, split)
+        assert str(err.value) == (
+            f"csv: {csv_path}:8: class {label!r} is in the {here} split here and in the {there} "
+            f"split on line {first}; the splits must be class-disjoint (no class in two of "
+            f"train, val and test): give every row of class {label!r} the same split"
+        )
+
+
+def test_csv_image_repeated_within_a_split_warns_with_its_lines(
+    tmp_path: Path, write_image
+) -> None:
+    # 7 repeats in train (lines 8-14: one of them under another label), none in test
+    repeats = [f"imgs/{n}.png,{c},train" for n, c in zip("aabcaba", "1112111", strict=True)]
+    csv_path = _split_csv(tmp_path, write_image, [*SPLIT_ROWS, *repeats])
+    with pytest.warns(UserWarning) as caught:
+        train = get_dataset("csv", csv_path, "train")
+    assert [str(w.message) for w in caught] == [
+        f"csv: {csv_path}: 7 row(s) of the train split list an image already listed (line 8 "
+        "repeats line 2, line 9 repeats line 2, line 10 repeats line 3, line 11 repeats line 4, "
+        "line 12 repeats line 2 and 2 more); each copy counts as another image of its class, "
+        "the others' positive in training and nearest neighbour in evaluation: delete the "
+        "repeated rows"
+    ]
+    assert len(train) == 10  # the copies are kept: a warning, not a change of the data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(get_dataset("csv", csv_path, "test")) == 2  # nothing repeated in test
+
+
 def test_csv_missing_images_reported_at_construction(tmp_path: Path, write_image) -> None:
     rows = ["path,label"]
     for i in range(9):
@@ -216,6 +304,59 @@ def test_csv_missing_images_reported_at_construction(tmp_path: Path, write_image
     with pytest.warns(UserWarning, match="skipped 3 unreadable image"):
         kept = get_dataset("csv", tmp_path / "list.csv", "train", skip_corrupt=True)
     assert kept.paths == [str(tmp_path / "imgs" / f"{i}.png") for i in (0, 4)]
+
+
+def test_a_run_reports_skipped_images_in_its_own_words(tmp_path: Path, write_image) -> None:
+    """What a training run does with data.options.skip_corrupt: no Python warning, a log line in
+    the run's words and the files listed in the run folder (split, path, reason)."""
+    from rankedlist.data import SkippedImagesWarning
+    from rankedlist.training.config import config_from_dict
+    from rankedlist.training.recipe_data import get_split_dataset, record_skipped_images
+
+    rows = ["path,label,split"]
+    for i in range(8):
+        rows.append(f"imgs/{i}.png,{i % 2 + 2 * (i >= 6)},{'train' if i < 6 else 'test'}")
+        if i not in (1, 4):
+            write_image(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "imgs" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    data = {"dataset": "csv", "root": str(tmp_path / "list.csv")}
+    config = config_from_dict({"data": {**data, "options": {"skip_corrupt": True}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run says it in its own words, not as a warning
+        train = get_split_dataset(config, "train", None, quiet_skips=True)
+        test = get_split_dataset(config, "test", None, quiet_skips=True)
+    with pytest.warns(SkippedImagesWarning, match="skipped 3 unreadable image"):
+        get_split_dataset(config, "train", None)  # a Python caller still gets the warning
+    listing = tmp_path / "run" / "skipped_images.txt"
+    listing.parent.mkdir()
+    assert record_skipped_images(train, "train", listing) == (
+        f"skipped 3 unreadable images of the train split (listed in {listing})"
+    )
+    img = tmp_path / "imgs"
+    decode = [r for p, r in train.skipped if p.endswith("3.png")][0]
+    assert decode.startswith("cannot decode: ") and "skip_corrupt" not in decode
+    want = [
+        f"train\t{img / '1.png'}\tfile not found",
+        f"train\t{img / '3.png'}\t{decode}",
+        f"train\t{img / '4.png'}\tfile not found",
+    ]
+    assert listing.read_text().splitlines() == want
+    assert record_skipped_images(test, "test", listing) is None  # nothing skipped in test
+    # a resumed run records its splits again: each image is listed once
+    assert record_skipped_images(train, "train", listing) is not None
+    assert listing.read_text().splitlines() == want
+    (tmp_path / "imgs" / "6.png").unlink()
+    test = get_split_dataset(config, "test", None, quiet_skips=True)
+    assert record_skipped_images(test, "test", listing) == (
+        f"skipped 1 unreadable image of the test split (listed in {listing})"
+    )
+    assert listing.read_text().splitlines() == [*want, f"test\t{img / '6.png'}\tfile not found"]
+    # a split that skips nothing any more loses its lines; an emptied file goes
+    assert record_skipped_images(object(), "train", listing) is None
+    assert listing.read_text().splitlines() == [f"test\t{img / '6.png'}\tfile not found"]
+    assert record_skipped_images(object(), "test", listing) is None
+    assert not listing.exists()
 
 
 def test_missing_images_message_names_first_five(tmp_path: Path, write_image) -> None:

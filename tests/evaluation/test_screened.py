@@ -201,6 +201,33 @@ def test_both_screens_on_short_and_long_relevant_lists(kind, same):
         assert math.fsum(ap) / owned.shape[0] == pytest.approx(want["map@r"], abs=1e-12)
 
 
+def brute_force_rows(q, q_lab, g=None, g_lab=None):
+    """Per non-lone query, in query order, by a float64 loop over its ranked gallery (the
+    correctly rounded float32 cosines, ties to the lower gallery index): the 0-based position of
+    its first relevant item, the relevance flags of its top R, its R-Precision and its MAP@R."""
+    same = g is None
+    qn = normalised(q)
+    gn = qn if same else normalised(g)
+    g_lab = q_lab if same else g_lab
+    sims = fl32_matrix(qn, gn)
+    rows = []
+    for i in range(qn.shape[0]):
+        cand = np.array([j for j in range(gn.shape[0]) if not (same and j == i)])
+        order = cand[np.argsort(-sims[i, cand].astype(np.float64), kind="stable")]
+        rel = g_lab[order] == q_lab[i]
+        r = int(rel.sum())
+        if r == 0:
+            continue
+        first = next(pos for pos in range(len(rel)) if rel[pos])
+        hits, ap = 0, 0.0
+        for pos in range(r):
+            if rel[pos]:
+                hits += 1
+                ap += hits / (pos + 1)
+        rows.append((first, rel[:r].copy(), hits / r, ap / r))
+    return rows
+
+
 @pytest.mark.parametrize("kind", ["bf16", "float32"])
 def test_tiny_sets_with_long_lists(kind):
     # Fewer candidates than relevant items per query: the pre-pass sample runs out of
@@ -211,10 +238,24 @@ def test_tiny_sets_with_long_lists(kind):
     owned = np.flatnonzero(p.num_relevant > 0)
     rank, rel = screened_rows(p, ks, owned, chunk_size=4, kind=kind)
     r_prec, ap = row_values(rel, p.num_relevant[owned])
-    want = reference(x, y, ks=ks)
-    assert np.count_nonzero(rank < 2) / owned.shape[0] == pytest.approx(want["recall@2"])
-    assert math.fsum(ap) / owned.shape[0] == pytest.approx(want["map@r"], abs=1e-12)
-    assert math.fsum(r_prec) / owned.shape[0] == pytest.approx(want["r_precision"], abs=1e-12)
+    want = brute_force_rows(x, y)
+    assert len(want) == owned.shape[0] == rank.shape[0] == rel.shape[0] == 31
+    first = np.array([w[0] for w in want])
+    assert first.max() >= 2  # some query's first hit is past K = 1 and 2: recall below 1
+    for k in ks:  # the rank is exact where it decides a Recall@K: per query
+        assert np.array_equal(rank < k, first < k), k
+    for row, (_, flags, _, _) in enumerate(want):  # every top-R list, flag by flag
+        r = flags.shape[0]
+        assert p.num_relevant[owned[row]] == r
+        assert np.array_equal(rel[row, :r], flags) and not rel[row, r:].any(), row
+    np.testing.assert_allclose(r_prec, [w[2] for w in want], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ap, [w[3] for w in want], rtol=0, atol=1e-12)
+    # the public function on the same data: every metric it returns, lone queries included
+    got = retrieval_metrics(x, y, ks=ks, chunk_size=4, backend="screened")
+    means = {f"recall@{k}": float(np.mean(first < k)) for k in ks}
+    means |= {"r_precision": math.fsum(w[2] for w in want) / len(want)}
+    means |= {"map@r": math.fsum(w[3] for w in want) / len(want), "lone_queries": 0}
+    assert_same(got, means)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -55,6 +55,25 @@ def test_fill_and_wrap_around_match_a_ring_model(size):
     assert int(bank.next_row) == sum(min(n, size) for n in [3, 2, 4, 1, 9, 3]) % size
 
 
+@pytest.mark.parametrize("size", [1, 5, 7, 20])
+def test_recent_rows_are_the_newest_ones_enqueued(size):
+    """``recent(k)``: the last min(k, filled) rows ever enqueued, oldest first, as views."""
+    bank = MemoryBank(size=size, dim=3)
+    rows = []  # every row kept by enqueue, in order: (embedding, label, index)
+    for step, n in enumerate([3, 2, 4, 1, 9, 3]):
+        emb, lab, ids = batch(n, first_id=100 * step, seed=step)
+        bank.enqueue(emb, lab, ids)
+        keep = slice(max(0, n - size), n)  # a batch larger than the bank keeps its last rows
+        rows += list(zip(emb[keep], lab[keep].tolist(), ids[keep].tolist(), strict=True))
+        for k in range(-1, size + 2):
+            parts = bank.recent(k)
+            assert len(parts) <= 2 and all(e._base is bank.embeddings for e, _, _ in parts)
+            got = [(e, int(y), int(i)) for p in parts for e, y, i in zip(*p, strict=True)]
+            want = rows[len(rows) - min(max(k, 0), bank.filled) :] if k > 0 else []
+            assert [(y, i) for _, y, i in got] == [(y, i) for _, y, i in want], (step, k)
+            assert all(torch.equal(a[0], b[0]) for a, b in zip(got, want, strict=True))
+
+
 def test_rows_are_detached_and_stored_in_the_bank_dtype():
     bank = MemoryBank(size=4, dim=3, dtype=torch.float64)
     x = torch.randn(2, 3, requires_grad=True)

@@ -2,7 +2,8 @@
 
 The reference walks over every (query, gallery row) pair with scalar torch float64 operations:
 the gallery is the batch followed by the memory rows, the query's own batch row is skipped by
-position and the memory rows of the same sample by dataset index. ``gradient="paper"``: the
+position and every other row of the same sample (a copy in the batch, an older one in the memory)
+by dataset index. ``gradient="paper"``: the
 gallery and the weights are detached (constants); ``gradient="autograd"``: the batch rows are
 live as queries and as gallery, the memory rows are constants.
 """
@@ -26,7 +27,7 @@ def naive_union(x, y, ids, mem, mem_y, mem_ids, mode, *, margin=0.4, alpha=None,
         return row / row.norm() if normalize else row
 
     f = [unit(row) for row in x]
-    gallery = [(f[j] if mode == "autograd" else f[j].detach(), int(y[j]), None, j)
+    gallery = [(f[j] if mode == "autograd" else f[j].detach(), int(y[j]), int(ids[j]), j)
                for j in range(len(f))]  # fmt: skip
     gallery += [
         (unit(m), int(my), int(mi), None) for m, my, mi in zip(mem, mem_y, mem_ids, strict=True)
@@ -39,8 +40,8 @@ def naive_union(x, y, ids, mem, mem_y, mem_ids, mode, *, margin=0.4, alpha=None,
     for i, fi in enumerate(f):
         pos, neg = [], []
         for g, gy, g_id, batch_row in gallery:
-            if batch_row == i or (g_id is not None and g_id == int(ids[i])):
-                continue  # the query itself, or an older copy of the same sample
+            if batch_row == i or g_id == int(ids[i]):
+                continue  # the query itself, or another copy of the same sample
             d = (fi - g).norm()
             if gy == int(y[i]) and d > b:
                 pos.append(d)
@@ -62,12 +63,16 @@ def naive_union(x, y, ids, mem, mem_y, mem_ids, mode, *, margin=0.4, alpha=None,
 
 
 def make_case(n=10, n_mem=23, classes=3, dim=5, seed=0):
-    """A batch and a memory; the memory holds older copies (perturbed) of some of the batch's
-    samples, one of them twice, and rows of other samples."""
+    """A batch and a memory. Batch rows 7 and 8 are copies (perturbed: augmented apart) of the
+    samples of rows 2 and 5, as the P x K sampler repeats a small class's images; the memory holds
+    older copies of some of the batch's samples, one of them twice, and rows of other samples."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=gen, dtype=torch.float64)
     y = torch.randint(0, classes, (n,), generator=gen)
     ids = torch.randperm(50, generator=gen)[:n]
+    for row, first in ((7, 2), (8, 5)):  # copies far apart: active positives unless excluded
+        x[row] = -x[first] + 0.3 * torch.randn(dim, generator=gen, dtype=torch.float64)
+        y[row], ids[row] = y[first], ids[first]
     mem = torch.randn(n_mem, dim, generator=gen, dtype=torch.float64)
     mem_y = torch.randint(0, classes, (n_mem,), generator=gen)
     mem_ids = 100 + torch.arange(n_mem)
@@ -79,8 +84,9 @@ def make_case(n=10, n_mem=23, classes=3, dim=5, seed=0):
 
 def loaded_loss(mem, mem_y, mem_ids, **options):
     """A loss whose memory holds ``mem``, filled by hand the way the loss fills it: rows as the
-    loss uses them (L2-normalised)."""
-    bank = MemoryBank(size=mem.shape[0] + 4, dim=mem.shape[1], dtype=torch.float64)
+    loss uses them (L2-normalised). The memory has room for a batch of up to 16 rows besides
+    ``mem``, so such a batch is ranked against all of ``mem``."""
+    bank = MemoryBank(size=mem.shape[0] + 16, dim=mem.shape[1], dtype=torch.float64)
     bank.enqueue(F.normalize(mem, dim=1) if options.get("normalize", True) else mem, mem_y, mem_ids)
     return MemoryRankedListLoss(RankedListLoss(**options), bank)
 
@@ -146,8 +152,9 @@ def test_autograd_memory_rows_are_constants():
     mr = mem.clone().requires_grad_(True)
     gallery = torch.cat([xr, mr])
     RankedListLoss(gradient="autograd")(
-        xr, y, gallery, torch.cat([y, mem_y]), self_index=torch.arange(len(y))
-    ).backward()
+        xr, y, gallery, torch.cat([y, mem_y]), self_index=torch.arange(len(y)),
+        indices=ids, ref_indices=torch.cat([ids, mem_ids]),
+    ).backward()  # fmt: skip
     assert mr.grad.abs().max() > 0  # live memory rows would receive gradient...
     # ...and would change nothing for the batch rows: they are leaves either way.
     torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-10, atol=1e-12)
@@ -161,7 +168,7 @@ def test_empty_memory_is_exactly_the_plain_loss(mode):
     )
     xo, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     got = loss_fn(xo, y, ids)
-    want = RankedListLoss(gradient=mode)(xr, y)
+    want = RankedListLoss(gradient=mode)(xr, y, indices=ids)
     got.backward()
     want.backward()
     assert torch.equal(got, want) and torch.equal(xo.grad, xr.grad)
@@ -171,7 +178,7 @@ def test_empty_memory_is_exactly_the_plain_loss(mode):
 def test_warm_up_then_memory_and_eval_mode_leaves_it_alone():
     x, y, ids, *_ = make_case(seed=8)
     loss_fn = MemoryRankedListLoss(RankedListLoss(), MemoryBank(size=25, dim=5, start=2))
-    plain = RankedListLoss()(x.float(), y)
+    plain = RankedListLoss()(x.float(), y, indices=ids)
     for _ in range(2):  # warm-up: the plain loss, nothing enqueued
         assert torch.equal(loss_fn(x.float(), y, ids), plain)
         assert loss_fn.memory.filled == 0 and loss_fn.last_stats["memory_fill"] == 0
@@ -183,7 +190,7 @@ def test_warm_up_then_memory_and_eval_mode_leaves_it_alone():
     assert all(torch.equal(v, loss_fn.state_dict()[k]) for k, v in state.items())
     loss_fn.train()
     x2 = x.float() + 0.3
-    assert not torch.equal(loss_fn(x2, y, ids + 1000), RankedListLoss()(x2, y))
+    assert not torch.equal(loss_fn(x2, y, ids + 1000), RankedListLoss()(x2, y, indices=ids))
     assert loss_fn.memory.filled == 20
 
 
@@ -206,7 +213,7 @@ def test_bad_input_raises():
 def test_float32_memory_matches_float64_reference():
     x, y, ids, mem, mem_y, mem_ids = make_case(seed=11)
     want, _, _ = naive_union(x, y, ids, mem, mem_y, mem_ids, "paper")
-    bank = MemoryBank(size=30, dim=5)
+    bank = MemoryBank(size=40, dim=5)
     bank.enqueue(F.normalize(mem.float(), dim=1), mem_y, mem_ids)
     got = MemoryRankedListLoss(RankedListLoss(), bank)(x.float(), y, ids)
     assert math.isclose(float(got), float(want), rel_tol=1e-5, abs_tol=1e-6)
@@ -291,3 +298,61 @@ def tiny_tiles(monkeypatch):
 def test_column_tiles_match_the_naive_loop_over_the_union(tiny_tiles, hyper, chunk):
     """The CPU kernel's column tiles (sums accumulated over tiles, excluded pairs per tile)."""
     _check_against_the_union(hyper, "paper", chunk)
+
+
+@pytest.mark.parametrize("mode", ["paper", "autograd"])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_plain_loss_given_indices_skips_copies_in_the_batch(mode, chunk):
+    """RankedListLoss itself, given the samples' dataset indices: the loss, gradient and active
+    pairs of the naive loop that skips every pair of one sample (rows 2 and 7, 5 and 8)."""
+    x, y, ids, mem, *_ = make_case(seed=13)
+    xr = x.clone().requires_grad_(True)
+    none = torch.zeros(0, dtype=torch.long)
+    want, want_pos, want_neg = naive_union(xr, y, ids, mem[:0], none, none, mode)
+    want.backward()
+    loss_fn = RankedListLoss(gradient=mode, chunk_size=chunk)
+    xo = x.clone().requires_grad_(True)
+    got = loss_fn(xo, y, indices=ids)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-9, atol=1e-12)
+    assert loss_fn.last_stats["active_pos"] == pytest.approx(want_pos)
+    assert loss_fn.last_stats["active_neg"] == pytest.approx(want_neg)
+    # the copies are far apart: without the indices they are active positives of each other
+    assert abs(float(RankedListLoss(gradient=mode)(x, y)) - float(want.detach())) > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["paper", "autograd"])
+def test_a_full_memory_gives_the_newest_rows_beside_the_batch(mode):
+    """A memory of M rows holds the current batch too (XBM's and PML's memory size): a batch of
+    10 rows is ranked against itself and the newest M - 10 rows, here the last 7 of 23 rows
+    enqueued into a ring of 17 (they wrap around its end; one is an older copy of row 9)."""
+    x, y, ids, mem, mem_y, mem_ids = make_case(seed=14)
+    bank = MemoryBank(size=17, dim=5, dtype=torch.float64)
+    for part in (slice(0, 13), slice(13, 23)):
+        bank.enqueue(F.normalize(mem[part], dim=1), mem_y[part], mem_ids[part])
+    assert int(bank.next_row) == 6  # rows 16..22 sit at ring slots 16 and 0..5
+    xr = x.clone().requires_grad_(True)
+    want, want_pos, _ = naive_union(xr, y, ids, mem[16:], mem_y[16:], mem_ids[16:], mode)
+    want.backward()
+    loss_fn = MemoryRankedListLoss(RankedListLoss(gradient=mode), bank)
+    xo = x.clone().requires_grad_(True)
+    got = loss_fn(xo, y, ids)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-9, atol=1e-12)
+    assert loss_fn.last_stats["active_pos"] == pytest.approx(want_pos)
+    assert loss_fn.last_stats["memory_fill"] == 17
+
+
+def test_a_batch_larger_than_the_memory_is_refused():
+    x, y, ids, *_ = make_case(seed=15)
+    loss_fn = MemoryRankedListLoss(RankedListLoss(), MemoryBank(size=8, dim=5, start=1))
+    loss_fn(x.float(), y, ids)  # the warm-up does not use the memory: no error yet
+    with pytest.raises(ValueError) as err:
+        loss_fn(x.float(), y, ids)
+    assert str(err.value) == (
+        "a batch of 10 rows does not fit a memory of 8 (it holds the current batch too): set "
+        "loss.memory_size to at least the global batch"
+    )
+    assert loss_fn.memory.filled == 0 and int(loss_fn.memory.step) == 1  # nothing half-done

@@ -15,8 +15,9 @@ from rankedlist import RankedListLoss, ranked_list_loss
 
 
 def naive_rll(x, y, ref=None, ref_y=None, self_index=None, *, margin=0.4, alpha=None, Tn=10.0,
-              Tp=0.0, lam=1.0, normalize=True):  # fmt: skip
-    """Per-query terms and paper gradients (w.r.t. the raw query rows) by explicit loops."""
+              Tp=0.0, lam=1.0, normalize=True, ids=None, ref_ids=None):  # fmt: skip
+    """Per-query terms and paper gradients (w.r.t. the raw query rows) by explicit loops;
+    ``ids``/``ref_ids`` (dataset indices): the pairs of one sample are skipped too."""
     x = np.asarray(x, dtype=np.float64)
     alpha = 1.0 + margin / 2.0 if alpha is None else alpha
     b = alpha - margin
@@ -32,11 +33,13 @@ def naive_rll(x, y, ref=None, ref_y=None, self_index=None, *, margin=0.4, alpha=
         g, gy = [unit(row) for row in np.asarray(ref, dtype=np.float64)], list(ref_y)
         self_index = [-1] * len(f) if self_index is None else list(self_index)
 
+    if ids is not None and ref_ids is None:
+        ref_ids = ids
     out = {k: [] for k in ("LP", "LN", "SP", "SN", "gP", "gN", "nP", "nN")}
     for i, fi in enumerate(f):
         pos_terms, neg_terms = [], []  # (weight, gap, u_ij)
         for j, gj in enumerate(g):
-            if j == self_index[i]:
+            if j == self_index[i] or (ids is not None and ref_ids[j] == ids[i]):
                 continue
             diff = fi - gj
             d = math.sqrt(float(np.sum(diff * diff)))
@@ -211,6 +214,52 @@ def test_reference_set_with_self_index_matches_naive():
         np.testing.assert_allclose(auto.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
         auto.sum().backward()
         assert rr.grad is not None and rr.grad.abs().sum() > 0  # autograd: the gallery is live
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_copies_of_a_sample_in_a_gathered_batch_are_skipped_by_index(chunk_size):
+    """Queries against a gathered global batch (distributed training): rows of the same dataset
+    index (a sample the P x K sampler repeated, augmented differently, on this process or on
+    another) are skipped like the query's own row, for every reduction."""
+    x, y = make_batch(9, 3, seed=21)
+    other, other_y = make_batch(14, 5, seed=22)
+    ids = torch.arange(100, 109)
+    other_ids = torch.arange(200, 214)
+    x[6], y[6], ids[6] = -x[1] + 0.1, y[1], ids[1]  # a copy on this process, far from row 1
+    other[3], other_y[3], other_ids[3] = -x[4], y[4], ids[4]  # and one on the other process
+    ref_emb = torch.cat([other[:5], x, other[5:]])
+    ref_y = torch.cat([other_y[:5], y, other_y[5:]])
+    ref_ids = torch.cat([other_ids[:5], ids, other_ids[5:]])
+    self_index = torch.arange(9) + 5
+    hyper = {"Tp": 1.5, "lam": 0.8}
+    ref = naive_rll(x.numpy(), y.tolist(), ref_emb.numpy(), ref_y.tolist(), self_index.tolist(),
+                    ids=ids.tolist(), ref_ids=ref_ids.tolist(), **hyper)  # fmt: skip
+    with_copies = naive_rll(x.numpy(), y.tolist(), ref_emb.numpy(), ref_y.tolist(),
+                            self_index.tolist(), **hyper)  # fmt: skip
+    assert (with_copies["nP"] - ref["nP"]).tolist() == [0, 1, 0, 0, 1, 0, 1, 0, 0]
+    for reduction in ("mean", "none", "official"):
+        want_loss, want_grad = expected(ref, reduction)
+        xx = x.clone().requires_grad_(True)
+        loss_fn = RankedListLoss(reduction=reduction, chunk_size=chunk_size, **hyper)
+        loss = loss_fn(xx, y, ref_emb, ref_y, self_index, indices=ids, ref_indices=ref_ids)
+        np.testing.assert_allclose(loss.detach().numpy(), want_loss, rtol=1e-9, atol=1e-12)
+        loss.sum().backward()
+        np.testing.assert_allclose(xx.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)
+        assert loss_fn.last_stats["active_pos"] == pytest.approx(ref["nP"].mean())
+        assert loss_fn.last_stats["active_neg"] == pytest.approx(ref["nN"].mean())
+
+
+def test_indices_must_come_with_the_reference_sets_indices():
+    x, y = make_batch(4, 2)
+    loss_fn = RankedListLoss()
+    with pytest.raises(ValueError, match="without ref_indices"):
+        loss_fn(x, y, x.flip(0), y.flip(0), indices=torch.arange(4))
+    with pytest.raises(ValueError, match="without indices"):
+        loss_fn(x, y, ref_indices=torch.arange(4))
+    with pytest.raises(ValueError, match="4 entries"):
+        loss_fn(x, y, indices=torch.arange(3))
+    with pytest.raises(TypeError, match="integers"):
+        loss_fn(x, y, indices=torch.arange(4.0))
 
 
 # ---------------------------------------------------------------- an empty reference set

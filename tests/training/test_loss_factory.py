@@ -183,3 +183,91 @@ def test_single_process_context_computes_the_plain_loss():
     b = build_loss("rll", {"Tn": 5.0}, num_classes=4, embedding_dim=DIM)
     assert a.strategy == "single"
     assert a(x, y).item() == b(x, y).item()
+
+
+def _batch_with_copies(
+    seed: int, sign: float = -1.0, noise: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A P x K batch in which the sampler repeated two samples of small classes (rows 1 and 3,
+    9 and 10), each copy augmented apart (by default far from the other copy)."""
+    x, y = _batch(seed=seed)
+    ids = torch.arange(len(y)) * 5
+    g = torch.Generator().manual_seed(seed + 100)
+    for row, first in ((3, 1), (10, 9)):
+        x[row] = sign * x[first] + noise * torch.randn(DIM, generator=g, dtype=torch.float64)
+        ids[row] = ids[first]
+    return x, y, ids
+
+
+def _unit_dist(x: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    return (x[i] / x[i].norm() - x[j] / x[j].norm()).norm()
+
+
+def test_contrastive_given_indices_skips_pairs_of_one_sample():
+    """Naive reference: the contrastive loop without the pairs of equal dataset index; loss and
+    gradient."""
+    x, y, ids = _batch_with_copies(seed=7)
+    pos_m, neg_m = 0.2, 0.9
+    xr = x.clone().requires_grad_(True)
+    pos, neg = [], []
+    for i in range(len(y)):
+        for j in range(len(y)):
+            if ids[i] == ids[j]:
+                continue  # the row itself, or the other copy of its sample
+            d = _unit_dist(xr, i, j)
+            (pos if y[i] == y[j] else neg).append(
+                torch.relu(d - pos_m) if y[i] == y[j] else torch.relu(neg_m - d)
+            )
+    live_pos = [t for t in pos if float(t.detach()) > 0]
+    live_neg = [t for t in neg if float(t.detach()) > 0]
+    want = sum(live_pos) / len(live_pos) + sum(live_neg) / len(live_neg)
+    want.backward()
+    loss_fn = build_loss(
+        "contrastive", {"pos_margin": pos_m, "neg_margin": neg_m}, num_classes=4, embedding_dim=DIM
+    )
+    assert loss_fn.takes_indices
+    xo = x.clone().requires_grad_(True)
+    got = loss_fn(xo, y, ids)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-10, atol=1e-12)
+    assert abs(loss_fn(x, y).item() - want.item()) > 1e-3  # the copies count without indices
+    assert loss_fn(x, y, torch.arange(len(y))).item() == loss_fn(x, y).item()  # no copies
+
+
+def test_triplet_given_indices_skips_anchor_positive_pairs_of_one_sample():
+    """Naive reference: semi-hard triplets whose anchor and positive are different samples."""
+    x, y, ids = _batch_with_copies(seed=8, sign=1.0, noise=1.0)  # copies within the margins
+    margin = 0.3
+    xr = x.clone().requires_grad_(True)
+    terms = []
+    n = len(y)
+    for a in range(n):
+        for p in range(n):
+            if ids[p] == ids[a] or y[p] != y[a]:
+                continue
+            for q in range(n):
+                if y[q] == y[a]:
+                    continue
+                d_ap, d_aq = _unit_dist(xr, a, p), _unit_dist(xr, a, q)
+                if d_ap.item() < d_aq.item() < d_ap.item() + margin:
+                    terms.append(d_ap - d_aq + margin)
+    assert len(terms) > 0
+    want = sum(terms) / len(terms)
+    want.backward()
+    loss_fn = build_loss("triplet", {"margin": margin}, num_classes=4, embedding_dim=DIM)
+    xo = x.clone().requires_grad_(True)
+    got = loss_fn(xo, y, ids)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-10, atol=1e-12)
+    assert abs(loss_fn(x, y).item() - want.item()) > 1e-3  # copies mined without indices
+
+
+def test_which_losses_take_the_samples_indices():
+    for name in LOSS_NAMES:
+        loss_fn = build_loss(name, {}, num_classes=4, embedding_dim=DIM)
+        assert loss_fn.takes_indices == (name != "proxy_anchor"), name  # proxies pair no samples
+        assert not loss_fn.needs_indices
+        x, y = _batch(seed=9)
+        assert loss_fn(x, y, torch.arange(len(y))).isfinite()

@@ -130,3 +130,56 @@ def test_an_update_that_explodes_the_weights_stops():
     with pytest.raises(NonFiniteLossError, match=r"exploded the parameters \(max \|w\| = "):
         train_one_step(model, losses, torch.randn(4, 3), torch.arange(4), optimizer, scaler,
                        config, DistributedContext())  # fmt: skip
+
+
+def test_a_sample_repeated_in_the_batch_is_not_its_own_positive():
+    """The trainer hands the batch's dataset indices to RLL (and the pair-based baselines): two
+    copies of one image (the P x K sampler repeats a small class's images) are left out of each
+    other's ranked lists. Reference: the naive loop over the step's own embeddings."""
+    from rankedlist.training.loss_factory import build_loss
+
+    torch.manual_seed(1)
+    model = nn.Linear(3, 4).double()
+    config = config_from_dict({"optim": {"name": "sgd", "lr": 0.1}})
+    x = torch.randn(6, 3, dtype=torch.float64)
+    x[5] = -x[2]  # the second copy of sample 12, augmented far from the first
+    y, ids = torch.tensor([0, 0, 1, 1, 2, 1]), torch.tensor([10, 11, 12, 13, 14, 12])
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(model(x), dim=1)
+    want = 0.0
+    for i in range(6):  # L_P + L_N of the paper (alpha 1.2, m 0.4, Tn 10, Tp 0), mean over queries
+        pos, neg = [], []
+        for j in range(6):
+            if ids[j] == ids[i]:
+                continue
+            d = float((f[i] - f[j]).norm())
+            if y[j] == y[i] and d > 0.8:
+                pos.append(d - 0.8)
+            elif y[j] != y[i] and d < 1.2:
+                neg.append(d)
+        want += sum(pos) / len(pos) if pos else 0.0
+        if neg:
+            w = [torch.exp(torch.tensor(10.0 * (1.2 - d))).item() for d in neg]
+            want += sum(wj * (1.2 - d) for wj, d in zip(w, neg, strict=True)) / sum(w)
+    losses = {"high": build_loss("rll", {}, num_classes=3, embedding_dim=4)}
+
+    def one_step(indices):
+        m = nn.Linear(3, 4).double()
+        m.load_state_dict(model.state_dict())
+        wrapped = _Single(m)
+        opt = build_optimizer(wrapped, config.optim)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        ctx = DistributedContext()
+        return train_one_step(wrapped, losses, x, y, opt, scaler, config, ctx, indices=indices)[0]
+
+    assert one_step(ids)["loss"] == pytest.approx(want / 6, rel=1e-6)  # the step runs in float32
+    assert abs(one_step(None)["loss"] - want / 6) > 1e-3  # the copies count without indices
+
+
+class _Single(nn.Module):
+    def __init__(self, fc):
+        super().__init__()
+        self.fc = fc
+
+    def forward(self, x):
+        return {"high": self.fc(x)}

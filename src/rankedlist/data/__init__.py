@@ -27,6 +27,7 @@ from rankedlist.data.image_list_dataset import (
     CorruptImageError,
     ImageListDataset,
     MissingImagesError,
+    SkippedImagesWarning,
     read_rgb,
 )
 from rankedlist.data.inshop import InShop
@@ -47,6 +48,7 @@ __all__ = [
     "InShop",
     "MissingImagesError",
     "PKSampler",
+    "SkippedImagesWarning",
     "StanfordOnlineProducts",
     "build_batch_augment",
     "build_transform",

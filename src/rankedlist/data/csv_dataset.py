@@ -16,6 +16,14 @@ With a ``split`` column (values ``train``, ``val``, ``test``) the rows say their
 are used when ``val_fraction`` is 0, otherwise val classes are carved from the ``train`` rows.
 Without it, the split is class-disjoint by a fixed rule: the first classes in sorted order train,
 the last ``test_fraction`` (default half) test.
+
+Leakage checks (the protocol is class-disjoint, as for CUB and Cars). Whichever split is asked for,
+the whole file is checked: an image listed in two splits (the same path after joining it to
+``image_root``), and with a ``split`` column a class in two of ``train``, ``val`` and ``test``,
+raise a ValueError naming the file, the first offending line and the earlier line it clashes with.
+A path listed twice within the split being loaded is a warning (the count and the first lines):
+the copies are separate samples, each other's positive in training and each other's nearest
+neighbour in evaluation.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +43,7 @@ from rankedlist.data.splits import class_fraction_split, select_class_split
 __all__ = ["CSVDataset"]
 
 _SPLITS = ("train", "val", "test")
+_REPEATS_SHOWN = 5  # repeated rows named in the warning
 
 
 def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -107,6 +117,63 @@ def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
     return header, rows
 
 
+def _check_disjoint(
+    csv_path: Path,
+    lines: list[int],
+    rows: list[dict[str, str]],
+    paths: list[Path],
+    tags: np.ndarray,
+    classes: list | None,
+) -> None:
+    """Raise at the first row (in file order) whose image, or (given the rows' ``classes``, for
+    a file with a split column) whose class, an earlier row put in another split."""
+    first_path: dict[str, int] = {}
+    first_class: dict[object, int] = {}
+    put = tags.tolist()
+    for i, tag in enumerate(put):
+        j = first_path.setdefault(os.path.normpath(paths[i]), i)
+        if put[j] != tag:
+            raise ValueError(
+                f"csv: {csv_path}:{lines[i]}: the image {rows[i]['path']} is in the {tag} split "
+                f"here and in the {put[j]} split on line {lines[j]}, so it leaks from one to the "
+                "other; list each image in one split only (delete one of the two rows)"
+            )
+        if classes is None:
+            continue
+        j = first_class.setdefault(classes[i], i)
+        if put[j] != tag:
+            label = rows[i]["label"]
+            raise ValueError(
+                f"csv: {csv_path}:{lines[i]}: class {label!r} is in the {tag} split here and in "
+                f"the {put[j]} split on line {lines[j]}; the splits must be class-disjoint (no "
+                f"class in two of train, val and test): give every row of class {label!r} the "
+                "same split"
+            )
+
+
+def _warn_repeated_paths(csv_path: Path, split: str, lines: list[int], paths: list[Path]) -> None:
+    """Warn once when rows of the loaded split list an image that an earlier row lists."""
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for line, path in zip(lines, paths, strict=True):
+        key = os.path.normpath(path)
+        if key in first:
+            repeats.append((line, first[key]))
+        else:
+            first[key] = line
+    if not repeats:
+        return
+    shown = ", ".join(f"line {a} repeats line {b}" for a, b in repeats[:_REPEATS_SHOWN])
+    more = len(repeats) - _REPEATS_SHOWN
+    shown += f" and {more} more" if more > 0 else ""
+    warnings.warn(
+        f"csv: {csv_path}: {len(repeats)} row(s) of the {split} split list an image already "
+        f"listed ({shown}); each copy counts as another image of its class, the others' "
+        "positive in training and nearest neighbour in evaluation: delete the repeated rows",
+        stacklevel=4,
+    )
+
+
 class CSVDataset(ImageListDataset):
     """Images listed in a CSV file (see the module docstring for the format).
 
@@ -152,8 +219,10 @@ class CSVDataset(ImageListDataset):
         except ValueError:
             keys = np.array(raw)
         where = f"csv {csv_path}"
+        lines = [line for line, _ in numbered]
         if "split" in fields:
             tags = np.array([r["split"].lower() for r in rows])
+            _check_disjoint(csv_path, lines, rows, paths, tags, keys.tolist())
             if split == "val" and val_fraction == 0.0 and (tags == "val").any():
                 selected = tags == "val"
             else:
@@ -162,10 +231,13 @@ class CSVDataset(ImageListDataset):
                 )
         else:
             train_mask, test_mask = class_fraction_split(keys, test_fraction)
+            tags = np.where(train_mask, "train", "test")
+            _check_disjoint(csv_path, lines, rows, paths, tags, None)
             selected = select_class_split(split, train_mask, test_mask, keys, val_fraction, where)
         idx = np.flatnonzero(selected)
         if len(idx) == 0:
             raise ValueError(f"csv: the {split!r} split of {csv_path} holds no images")
+        _warn_repeated_paths(csv_path, split, [lines[i] for i in idx], [paths[i] for i in idx])
         labels, classes = remap_to_contiguous(keys[idx])
         super().__init__(
             [paths[i] for i in idx],

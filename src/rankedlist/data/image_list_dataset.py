@@ -13,10 +13,11 @@ few paths, not hours into training when the loader reaches them.
 Unreadable images. By default a corrupt or truncated file raises :class:`CorruptImageError` (an
 ``OSError``) naming the file when it is loaded. With ``skip_corrupt=True`` every image is decoded
 once up front (in a thread pool, since Pillow releases the GIL while decoding); the unreadable and
-the missing ones are dropped with one warning that gives their count and the first few paths, and
-listed in ``dataset.skipped``. Labels are re-mapped afterwards so they stay contiguous even when a
-class lost all of its images. The up-front pass costs one full decode of the dataset (seconds for
-CUB, a few minutes for SOP on two cores).
+the missing ones are dropped with one :class:`SkippedImagesWarning` that gives their count and the
+first few paths, and listed in ``dataset.skipped`` (a training run filters that warning out and
+reports the skipped files in its own log and run folder instead). Labels are re-mapped
+afterwards so they stay contiguous even when a class lost all of its images. The up-front pass
+costs one full decode of the dataset (seconds for CUB, a few minutes for SOP on two cores).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "CorruptImageError",
     "ImageListDataset",
     "MissingImagesError",
+    "SkippedImagesWarning",
     "benchmark_missing_hint",
     "read_rgb",
     "remap_to_contiguous",
@@ -89,6 +91,10 @@ def _corrupt_message(path: str, reason: str, skip_hint: str) -> str:
         f"cannot decode image {path}: {reason}. Replace or delete the file, or {skip_hint} to "
         "skip unreadable images with a warning."
     )
+
+
+class SkippedImagesWarning(UserWarning):
+    """``skip_corrupt`` dropped unreadable or missing images (listed in ``dataset.skipped``)."""
 
 
 class MissingImagesError(FileNotFoundError):
@@ -225,7 +231,8 @@ class ImageListDataset(LabeledImageDataset):
 
     Attributes:
         paths (list[str]), labels (np.ndarray int64), classes (list[str]),
-        skipped (list[tuple[str, str]]): the files dropped by ``skip_corrupt`` and why,
+        skipped (list[tuple[str, str]]): the files dropped by ``skip_corrupt`` and why
+            (``"file not found"``, ``"cannot decode: <the decoder's message>"``),
         source_index (np.ndarray): row ``i`` is row ``source_index[i]`` of the given lists.
     """
 
@@ -280,9 +287,14 @@ class ImageListDataset(LabeledImageDataset):
 
     def _drop_unreadable(self, num_workers: int | None) -> None:
         def probe(path: str) -> str | None:
+            # Why, in a few words: the errors' own advice (replace the file, or skip it) is moot.
             try:
                 read_rgb(path)
-            except (OSError, CorruptImageError) as err:
+            except CorruptImageError as err:
+                return f"cannot decode: {err.reason}"
+            except FileNotFoundError:
+                return "file not found"
+            except OSError as err:
                 return str(err)
             return None
 
@@ -299,6 +311,7 @@ class ImageListDataset(LabeledImageDataset):
         warnings.warn(
             f"{self.name}: skipped {len(bad)} unreadable image(s) of {len(self.paths)} "
             f"(e.g. {examples}); see dataset.skipped for the reasons",
+            SkippedImagesWarning,
             stacklevel=3,
         )
         self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]

@@ -1,7 +1,8 @@
 """Query-reference pairs left out of the ranked lists, beyond each query's own row (private).
 
-A memory bank may hold older copies of a query (the same dataset sample, embedded at an earlier
-iteration): those pairs are excluded by index, like the self pair. They are kept as a sparse list
+Copies of a query's sample (the same dataset index) are excluded like the self pair: another copy
+in the batch (the P x K sampler repeats the images of a class smaller than K) or an older copy in a
+memory bank (embedded at an earlier iteration). They are kept as a sparse list
 ``(query rows, reference columns)`` sorted by query row, so a chunk of queries finds its pairs
 with a binary search and no ``queries x references`` mask is ever built.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pair_bounds", "pairs_between", "pairs_in_rows", "same_sample_pairs"]
+__all__ = ["copy_pairs", "pair_bounds", "pairs_between", "pairs_in_rows", "same_sample_pairs"]
 
 Pairs = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,3 +62,16 @@ def same_sample_pairs(query_ids: torch.Tensor, ref_ids: torch.Tensor, col_offset
     )
     cols = order[firsts + within] + col_offset
     return rows, cols
+
+
+def copy_pairs(
+    query_ids: torch.Tensor, ref_ids: torch.Tensor, self_cols: torch.Tensor | None
+) -> Pairs | None:
+    """The ``(i, j)`` of :func:`same_sample_pairs` other than each query's own column
+    ``self_cols[i]`` (``-1`` or ``None``: none), sorted by ``i``; None when there are none (the
+    usual batch: no copies, and the loss runs exactly as without indices)."""
+    rows, cols = same_sample_pairs(query_ids, ref_ids)
+    if self_cols is not None:
+        keep = cols != self_cols[rows]
+        rows, cols = rows[keep], cols[keep]
+    return (rows, cols) if rows.numel() else None

@@ -110,6 +110,21 @@ def _check_labels(name: str, y: object, n: int, what: str, device: torch.device)
     return y.to(device)
 
 
+def _check_indices(name: str, ids: object, n: int, device: torch.device) -> torch.Tensor:
+    """Dataset indices, one per row: a 1-D integer tensor of ``n`` entries, as long on device."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a tensor of dataset indices (one per sample), got "
+            f"{type(ids).__name__}: copies of one sample are kept out of each other's ranked "
+            "lists by them"
+        )
+    if ids.dim() != 1 or ids.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D with {n} entries, got shape {tuple(ids.shape)}")
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"{name} must hold integers (dataset indices), got dtype {ids.dtype}")
+    return ids.to(device=device, dtype=torch.long)
+
+
 def _check_self_index(self_index: object, n: int, m: int, device: torch.device) -> torch.Tensor:
     if not isinstance(self_index, torch.Tensor):
         raise TypeError(f"self_index must be a LongTensor or None, got {type(self_index).__name__}")

@@ -1,8 +1,11 @@
 """MemoryBank: a ring buffer of past embeddings for cross-batch ranking (XBM, Wang et al. 2020).
 
 The bank keeps the last ``size`` embeddings it was given (detached), their class labels and the
-dataset index of each sample. Everything it holds is a persistent buffer, so a checkpoint of the
-module that owns it saves the memory and a resume continues with exactly the same rows.
+dataset index of each sample. ``size`` is XBM's (and pytorch-metric-learning's) memory size: the
+rows a query is ranked against once the memory is full, the current batch included, so a loss
+ranks a batch of B rows against itself and the newest ``size - B`` rows (:meth:`recent`), then
+enqueues it. Everything the bank holds is a persistent buffer, so a checkpoint of the module that
+owns it saves the memory and a resume continues with exactly the same rows.
 
 A step counter (also a buffer) counts the training iterations the bank has seen; the bank is
 filled and used only once ``start`` iterations are done (XBM's warm-up: the embeddings of the
@@ -10,6 +13,7 @@ first iterations drift too fast to be worth remembering). Example::
 
     bank = MemoryBank(size=8192, dim=512, start=1000)
     emb, labels, indices = bank.rows()           # the valid rows (none before anything is added)
+    parts = bank.recent(8192 - len(batch))      # the newest rows, as a gallery beside the batch
     ...                                          # rank the batch against them
     bank.update(batch_emb, batch_labels, batch_indices)   # enqueue (once started), count the step
 """
@@ -71,6 +75,19 @@ class MemoryBank(nn.Module):
                 f"holds rows of width {self.dim}; build the memory with the model's embedding "
                 "width"
             )
+
+    def recent(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The newest ``min(k, filled)`` rows as ``(embeddings, labels, indices)`` views of the
+        buffers, oldest first: one part, or two where they wrap around the end of the ring."""
+        n = min(max(k, 0), self.filled)
+        if n == 0:
+            return []
+        end = int(self.next_row) or self.size  # the newest row is end - 1
+        if n <= end:
+            parts = [slice(end - n, end)]
+        else:
+            parts = [slice(self.size - (n - end), self.size), slice(0, end)]
+        return [(self.embeddings[sl], self.labels[sl], self.indices[sl]) for sl in parts]
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The valid rows: ``(embeddings, labels, indices)``, views of the buffers.

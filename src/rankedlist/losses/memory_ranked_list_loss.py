@@ -2,11 +2,16 @@
 
 The paper's loss is set-based: a query's positives and negatives are mined and weighted over its
 gallery. With a memory bank (XBM, Wang et al., CVPR 2020) the gallery is the union of the current
-batch and the last ``memory_size`` embeddings of earlier batches, as **one** ranked list: the
-non-trivial sets P*_i and N*_i, the weights and their normalising sums all run over the union.
+batch and the newest embeddings of earlier batches, as **one** ranked list: the non-trivial sets
+P*_i and N*_i, the weights and their normalising sums all run over the union.
 
-* The query's own batch row is excluded by index, and so is every memory row that holds an older
-  copy of the same sample (same dataset index): an image is never its own positive.
+* Memory size, as in XBM and pytorch-metric-learning's ``CrossBatchMemory``: a memory of ``M``
+  rows holds the current batch too, so a batch of ``B`` rows is ranked against itself and the
+  newest ``M - B`` rows of earlier batches: ``min(M, rows seen)`` gallery rows in all, the same
+  number the baselines' PML memory gives at every step. ``M`` must be at least ``B``.
+* The query's own batch row is excluded by index, and so is every other row that holds a copy of
+  the same sample (same dataset index): another copy in the batch (the P x K sampler repeats the
+  images of small classes) or an older one in the memory. An image is never its own positive.
 * ``gradient="paper"``: exact, since the paper already detaches the gallery; only the queries
   receive gradient. ``gradient="autograd"``: the batch rows are live (as queries and as gallery)
   and the memory rows are constants: they take part in the distances, the masks and the weights,
@@ -22,6 +27,7 @@ non-trivial sets P*_i and N*_i, the weights and their normalising sums all run o
 Example::
 
     loss_fn = MemoryRankedListLoss(RankedListLoss(), MemoryBank(size=4096, dim=128, start=100))
+    # a batch of 256 rows is ranked against itself and the newest 3,840 rows of earlier batches
     loss = loss_fn(embeddings, labels, indices)   # indices: the samples' dataset indices
     loss_fn.last_stats  # active_pos / active_neg over batch + memory, memory_fill
 """
@@ -32,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankedlist.losses._excluded_pairs import same_sample_pairs
-from rankedlist.losses._inputs import _check_embeddings
+from rankedlist.losses._excluded_pairs import copy_pairs
+from rankedlist.losses._inputs import _check_embeddings, _check_indices
 from rankedlist.losses.memory_bank import MemoryBank
 from rankedlist.losses.ranked_list_loss import RankedListLoss
 
@@ -48,25 +54,13 @@ def _gallery_rows(batch: torch.Tensor, normalize: bool) -> torch.Tensor:
     return F.normalize(rows, dim=1) if normalize else rows
 
 
-def _check_ids(name: str, ids: object, n: int, device: torch.device) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a tensor of dataset indices (one per sample), got "
-            f"{type(ids).__name__}: the memory bank needs them to exclude older copies of a sample"
-        )
-    if ids.dim() != 1 or ids.shape[0] != n:
-        raise ValueError(f"{name} must be 1-D with {n} entries, got shape {tuple(ids.shape)}")
-    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-        raise TypeError(f"{name} must hold integers (dataset indices), got dtype {ids.dtype}")
-    return ids.to(device=device, dtype=torch.long)
-
-
 class MemoryRankedListLoss(nn.Module):
     """:class:`RankedListLoss` over the union of the batch and a :class:`MemoryBank`.
 
     Args:
         loss: the Ranked List Loss (its options: margin, alpha, Tn, Tp, lam, gradient, ...).
-        memory: the bank; its ``start`` is the warm-up in iterations.
+        memory: the bank; its ``size`` counts the current batch (see the module docstring), its
+            ``start`` is the warm-up in iterations.
 
     ``forward(embeddings, labels, indices, ref_emb=None, ref_labels=None, self_index=None,
     ref_indices=None)``: ``indices`` are the dataset indices of the queries. By default the batch
@@ -81,6 +75,7 @@ class MemoryRankedListLoss(nn.Module):
     """
 
     takes_indices = True  # the trainer passes the samples' dataset indices to such losses
+    needs_indices = True  # ...and this one cannot do without them
 
     def __init__(self, loss: RankedListLoss, memory: MemoryBank) -> None:
         super().__init__()
@@ -93,17 +88,18 @@ class MemoryRankedListLoss(nn.Module):
         self.last_stats: dict[str, float] = {}
         self._scratch: torch.Tensor | None = None  # the paper gallery's storage, reused
 
-    def _gallery(self, part: torch.Tensor, memory_rows: torch.Tensor) -> torch.Tensor:
-        """``cat([part, memory_rows])``. A detached gallery is written into storage kept between
-        calls: a fresh M x D block at every step costs as much again in page faults."""
+    def _gallery(self, part: torch.Tensor, memory_parts: list[torch.Tensor]) -> torch.Tensor:
+        """``cat([part, *memory_parts])``. A detached gallery is written into storage kept
+        between calls: a fresh M x D block at every step costs as much again in page faults."""
+        memory_parts = [rows.to(device=part.device, dtype=part.dtype) for rows in memory_parts]
         if part.requires_grad:
-            return torch.cat([part, memory_rows])
-        n = part.shape[0] + memory_rows.shape[0]
+            return torch.cat([part, *memory_parts])
+        n = part.shape[0] + sum(rows.shape[0] for rows in memory_parts)
         buf = self._scratch
         if buf is None or buf.shape[0] < n or buf.dtype != part.dtype or buf.device != part.device:
-            rows = max(n, part.shape[0] + self.memory.size)
+            rows = max(n, self.memory.size)
             buf = self._scratch = part.new_empty(rows, part.shape[1])
-        return torch.cat([part, memory_rows], out=buf[:n])
+        return torch.cat([part, *memory_parts], out=buf[:n])
 
     # The options a caller (the distributed wrapper) reads off a loss.
     @property
@@ -136,7 +132,7 @@ class MemoryRankedListLoss(nn.Module):
                 "a loss with a memory bank needs the dataset index of every sample "
                 "(forward(embeddings, labels, indices)) to exclude older copies of a sample"
             )
-        indices = _check_ids("indices", indices, embeddings.shape[0], device)
+        indices = _check_indices("indices", indices, embeddings.shape[0], device)
         if ref_emb is None:
             if ref_labels is not None or ref_indices is not None or self_index is not None:
                 raise ValueError("ref_labels/ref_indices/self_index were given without ref_emb")
@@ -146,31 +142,45 @@ class MemoryRankedListLoss(nn.Module):
             if ref_labels is None:
                 raise ValueError("ref_emb was given without ref_labels; pass both")
             batch, batch_labels = ref_emb, ref_labels
-            batch_ids = _check_ids("ref_indices", ref_indices, ref_emb.shape[0], device)
+            batch_ids = _check_indices("ref_indices", ref_indices, ref_emb.shape[0], device)
 
         if ref_emb is not None and self.loss.gradient == "paper":
             _check_embeddings("ref_emb", batch, self.loss.normalize)  # the gathered rows
+        started = self.training and self.memory.started
+        earlier = self.memory.size - batch.shape[0]  # rows of earlier batches in the gallery
+        if started and earlier < 0:
+            raise ValueError(
+                f"a batch of {batch.shape[0]} rows does not fit a memory of {self.memory.size} "
+                "(it holds the current batch too): set loss.memory_size to at least the global "
+                "batch"
+            )
         # The batch as gallery rows, the way the memory keeps them: detached and, when the loss
         # normalises, L2-normalised once here (not at every later use of the memory).
         rows = _gallery_rows(batch, self.loss.normalize)
-        use = self.training and self.memory.started and self.memory.filled > 0
-        if not use:
-            # Nothing remembered yet: exactly the plain loss (same code path, same numbers).
+        parts = self.memory.recent(earlier) if started else []
+        self_cols = self_index
+        if self_index is None and ref_emb is None:
+            self_cols = torch.arange(embeddings.shape[0], device=device)
+        if not parts:
+            # Nothing remembered yet: the plain loss (same code path, same numbers), with the
+            # batch's own copies of a sample excluded.
+            excluded = copy_pairs(indices, batch_ids, self_cols)
             loss, stats = self.loss._loss_and_stats(
-                embeddings, labels, ref_emb, ref_labels, self_index, None
+                embeddings, labels, ref_emb, ref_labels, self_index, excluded
             )
         else:
-            mem_emb, mem_labels, mem_ids = self.memory.rows()
-            if self_index is None and ref_emb is None:
-                self_index = torch.arange(embeddings.shape[0], device=device)
             # "paper": the gallery is detached anyway; "autograd": the batch rows stay live.
             part = rows if self.loss.gradient == "paper" else batch
-            gallery = self._gallery(part, mem_emb.to(device=device, dtype=part.dtype))
-            gallery_labels = torch.cat([batch_labels.to(device), mem_labels.to(device)])
-            # The memory's older copies of each query (same sample), columns after the batch's.
-            excluded = same_sample_pairs(indices, mem_ids, col_offset=batch.shape[0])
+            gallery = self._gallery(part, [emb for emb, _, _ in parts])
+            gallery_labels = torch.cat(
+                [batch_labels.to(device), *(lab.to(device) for _, lab, _ in parts)]
+            )
+            # Every copy of each query's sample other than its own row: in the batch (repeated
+            # by the sampler) and in the memory (older copies).
+            gallery_ids = torch.cat([batch_ids, *(ids.to(device) for _, _, ids in parts)])
+            excluded = copy_pairs(indices, gallery_ids, self_cols)
             loss, stats = self.loss._loss_and_stats(
-                embeddings, labels, gallery, gallery_labels, self_index, excluded,
+                embeddings, labels, gallery, gallery_labels, self_cols, excluded,
                 memory_gallery=True,
             )  # fmt: skip
         if self.training:

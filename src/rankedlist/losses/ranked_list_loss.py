@@ -26,9 +26,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rankedlist.losses._autograd_rows import autograd_rows
-from rankedlist.losses._excluded_pairs import pairs_in_rows
+from rankedlist.losses._excluded_pairs import copy_pairs, pairs_in_rows
 from rankedlist.losses._inputs import (
     _check_embeddings,
+    _check_indices,
     _check_labels,
     _check_options,
     _check_self_index,
@@ -58,11 +59,16 @@ def _ranked_list_loss(
     chunk_size: int | None,
     excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
     memory_gallery: bool = False,
+    indices: torch.Tensor | None = None,
+    ref_indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss and its statistics; the options are already validated.
 
     ``excluded``: further ``(query rows, reference rows)`` pairs left out of the ranked lists,
-    rows sorted (a memory bank's older copies of the queries); long tensors on the device.
+    rows sorted (a memory bank's copies of the queries); long tensors on the device.
+    ``indices``/``ref_indices``: the dataset indices of the queries and of the reference rows
+    (default: ``indices`` when the reference set is the batch); the pairs of one sample are
+    excluded, as the self pair is. Not together with ``excluded``.
     ``memory_gallery``: ``ref_emb`` is a batch + memory gallery; with ``gradient="paper"`` its
     rows are already checked and normalised as the loss uses them, and most of them are trivial,
     so each chunk of queries is ranked against its candidate columns only.
@@ -74,7 +80,7 @@ def _ranked_list_loss(
     with autocast_disabled(x.device):
         return _loss_and_stats(
             x, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
-            chunk_size, excluded, memory_gallery and gradient == "paper",
+            chunk_size, excluded, memory_gallery and gradient == "paper", indices, ref_indices,
         )  # fmt: skip
 
 
@@ -91,6 +97,8 @@ def _loss_and_stats(
     chunk_size: int | None,
     excluded: tuple[torch.Tensor, torch.Tensor] | None,
     ready: bool,
+    indices: torch.Tensor | None = None,
+    ref_indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """:func:`_ranked_list_loss` once the embeddings ``x`` are checked, with autocast off;
     ``ready``: ``ref_emb`` is a paper-mode memory gallery (checked, normalised, compacted)."""
@@ -125,6 +133,8 @@ def _loss_and_stats(
         self_cols = _check_self_index(self_index, n, m, device)
     else:
         self_cols = None  # the diagonal when ranking against the batch itself, else nothing
+    if indices is not None or ref_indices is not None:
+        excluded = _copies(indices, ref_indices, n, m, self_ref, self_cols, device)
 
     # float16/bfloat16 are computed in float32 (exp(Tn alpha) alone exceeds float16's range);
     # the cast is part of the graph, so gradients come back in the input dtype.
@@ -195,6 +205,35 @@ def _loss_and_stats(
     return loss, {"active_pos": stats[0], "active_neg": stats[1], "nonzero_frac": stats[2]}
 
 
+def _copies(
+    indices: torch.Tensor | None,
+    ref_indices: torch.Tensor | None,
+    n: int,
+    m: int,
+    self_ref: bool,
+    self_cols: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (query, reference) pairs of one sample other than the self pairs, or None."""
+    if indices is None:
+        raise ValueError(
+            "ref_indices was given without indices; pass the dataset indices of the queries too"
+        )
+    ids = _check_indices("indices", indices, n, device)
+    if ref_indices is None:
+        if not self_ref:
+            raise ValueError(
+                "indices were given with ref_emb but without ref_indices; pass the dataset index "
+                "of every reference row too (ref_indices)"
+            )
+        ref_ids = ids
+    else:
+        ref_ids = _check_indices("ref_indices", ref_indices, m, device)
+    if self_cols is None and self_ref:
+        self_cols = torch.arange(n, device=device)
+    return copy_pairs(ids, ref_ids, self_cols)
+
+
 def ranked_list_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -202,6 +241,8 @@ def ranked_list_loss(
     ref_labels: torch.Tensor | None = None,
     *,
     self_index: torch.Tensor | None = None,
+    indices: torch.Tensor | None = None,
+    ref_indices: torch.Tensor | None = None,
     margin: float = 0.4,
     alpha: float | None = None,
     Tn: float = 10.0,
@@ -216,7 +257,7 @@ def ranked_list_loss(
     hp = _check_options(margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size)
     loss, _ = _ranked_list_loss(
         embeddings, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
-        chunk_size,
+        chunk_size, indices=indices, ref_indices=ref_indices,
     )  # fmt: skip
     return loss
 
@@ -254,9 +295,17 @@ class RankedListLoss(nn.Module):
     each call ``last_stats`` holds the mean numbers of active positives and negatives per query and
     the fraction of queries with a non-zero loss.
 
+    ``indices`` (LongTensor of length N, the samples' dataset indices) and ``ref_indices`` (one
+    per reference row; default ``indices`` when the batch is its own reference set): an image is
+    never its own positive, so the pairs of two copies of one sample (the P x K sampler repeats
+    the images of a class smaller than K, each copy augmented differently) are excluded like the
+    self pair. Without them every other row is a candidate.
+
     Every argument is also an attribute that may be changed later (``loss_fn.margin = 0.2``); a new
     value is validated like the constructor's, and a bad one raises and changes nothing.
     """
+
+    takes_indices = True  # forward accepts the samples' dataset indices (``indices=``)
 
     def __init__(
         self,
@@ -380,11 +429,14 @@ class RankedListLoss(nn.Module):
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
         self_index: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+        ref_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of ``embeddings`` ranked against ``ref_emb`` (default: the batch itself)."""
         loss, self.last_stats = _ranked_list_loss(
             embeddings, labels, ref_emb, ref_labels, self_index, self._hp, self.normalize,
             self.gradient, self.reduction, self.chunk_size,
+            indices=indices, ref_indices=ref_indices,
         )  # fmt: skip
         return loss
 

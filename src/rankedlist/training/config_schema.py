@@ -66,7 +66,11 @@ class LossConfig:
 
     name: str = "rll"
     params: dict[str, Any] = field(default_factory=dict)
-    memory_size: int = 0  # cross-batch memory rows (XBM); 0: off
+    # Cross-batch memory rows (XBM); 0: off. As in the XBM paper and PML's CrossBatchMemory the
+    # memory holds the current batch too: once full, a batch of B rows is ranked against itself
+    # and the newest memory_size - B rows of earlier batches (min(memory_size, rows seen) in all,
+    # for RLL and the PML baselines alike), so it must be at least the global batch data.p * data.k.
+    memory_size: int = 0
     memory_start: int = 0  # iterations before the memory is filled and used (XBM's warm-up)
 
 

@@ -22,9 +22,14 @@ whose query weights are normalised over the whole batch)
     the local rows by W. The returned value is L itself, on every rank. Costs W times the loss
     computation (the loss is small next to the network), but is exact for any loss.
 
-A loss with a cross-batch memory declares ``takes_indices = True``: it also receives the dataset
-index of each sample (gathered like the labels, in global order), and enqueues the global batch,
-so its memory is the same on every rank (RLL: ``local_queries``; PML baselines: ``replica``).
+Dataset indices. Given the dataset index of each sample (gathered like the labels, in global
+order), the pairs of one sample are left out: the P x K sampler repeats the images of a class
+smaller than K, and two copies of an image are not each other's positive. RLL (with or without a
+memory) excludes them by index like the self pair; a pair-based PML baseline gets its miner's
+tuples (or all pairs) without them; a memory keeps the indices beside its rows, so older copies
+are excluded too. A loss with a cross-batch memory enqueues the global batch, so its memory is the
+same on every rank (RLL: ``local_queries``; PML baselines: ``replica``); RLL's memory cannot work
+without the indices.
 
 Parameters of the loss itself (ProxyAnchor's proxies) are not inside the model's DDP wrapper:
 their initial value is broadcast from rank 0, and their gradient (identical on every rank in
@@ -63,7 +68,7 @@ class _ScaleGrad(torch.autograd.Function):
 
 class GlobalBatchLoss(nn.Module):
     """``forward(embeddings, labels, indices=None) -> scalar`` loss on the global batch (see the
-    module docstring); ``indices`` (the samples' dataset indices) only for losses with a memory.
+    module docstring); ``indices``: the samples' dataset indices (required by RLL's memory).
 
     Args:
         loss: the loss module: a :class:`rankedlist.losses.RankedListLoss` or a PML loss.
@@ -72,11 +77,15 @@ class GlobalBatchLoss(nn.Module):
         ctx: the distributed context; ``None`` or a single process computes the plain loss.
         num_classes: for losses with one proxy per class: labels must lie in
             ``[0, num_classes)``.
+        drop_copies: for a PML loss without a memory: drop the miner's pairs (or, without a
+            miner, the pairs) of one sample when ``indices`` are given (pair- and triplet-based
+            losses; not proxy losses, whose tuples mean something else).
 
     Attributes:
         last_stats: the loss's ``last_stats`` after each call (RLL: this rank's queries; a
             memory adds ``memory_fill``), ``{}`` for baselines without a memory.
-        takes_indices: whether ``forward`` needs ``indices`` (the loss has a memory).
+        takes_indices: whether ``forward`` uses ``indices`` (a trainer passes them then).
+        needs_indices: whether it cannot do without them (RLL's memory).
         strategy: ``"single"``, ``"local_queries"`` or ``"replica"``.
     """
 
@@ -88,6 +97,7 @@ class GlobalBatchLoss(nn.Module):
         miner: nn.Module | None = None,
         ctx: DistributedContext | None = None,
         num_classes: int | None = None,
+        drop_copies: bool = False,
     ) -> None:
         super().__init__()
         self.loss = loss
@@ -97,7 +107,9 @@ class GlobalBatchLoss(nn.Module):
         self.num_classes = num_classes
         self.last_stats: dict[str, float] = {}
         self._is_rll = name == "rll"
-        self.takes_indices = bool(getattr(loss, "takes_indices", False))
+        self.drop_copies = drop_copies
+        self.takes_indices = bool(getattr(loss, "takes_indices", False)) or drop_copies
+        self.needs_indices = bool(getattr(loss, "needs_indices", False))
         distributed = ctx is not None and ctx.is_distributed and ctx.world_size > 1
         if not distributed:
             self.strategy = "single"
@@ -159,8 +171,18 @@ class GlobalBatchLoss(nn.Module):
             out = self.loss(emb, labels, **ref)
             self.last_stats = dict(getattr(self.loss, "last_stats", {}) or {})
             return out
+        ids = ref.get("indices")
+        if ids is not None:
+            ids = ids.to(device=emb.device, dtype=torch.long)
         indices_tuple = self.miner(emb, labels) if self.miner is not None else None
-        out = self.loss(emb, labels, indices_tuple)
+        if ids is not None and getattr(self.loss, "takes_indices", False):
+            out = self.loss(emb, labels, indices_tuple, indices=ids)  # a memory drops them
+        else:
+            if ids is not None and self.drop_copies:
+                from rankedlist.losses.pml_cross_batch_memory import drop_copy_pairs
+
+                indices_tuple = drop_copy_pairs(indices_tuple, labels, ids)
+            out = self.loss(emb, labels, indices_tuple)
         self.last_stats = dict(getattr(self.loss, "last_stats", None) or {})  # a memory's fill
         return out
 
@@ -169,13 +191,20 @@ class GlobalBatchLoss(nn.Module):
     ) -> torch.Tensor:
         """The loss of the global batch (this rank's share of it under ``local_queries``)."""
         self._check_inputs(embeddings, labels)
-        if self.takes_indices and indices is None:
+        if self.needs_indices and indices is None:
             raise ValueError(
                 f"{self.name} loss with a memory needs the samples' dataset indices: "
                 "call it as loss(embeddings, labels, indices)"
             )
+        if not self.takes_indices:
+            indices = None  # a loss that has no use for them (proxies)
+        if indices is not None and getattr(indices, "shape", None) != labels.shape:
+            raise ValueError(
+                f"{self.name} loss expects one dataset index per row, indices of shape "
+                f"{tuple(labels.shape)}, got {getattr(indices, 'shape', type(indices))}"
+            )
         if self.strategy == "single":
-            ids = {"indices": indices} if self.takes_indices else {}
+            ids = {"indices": indices} if indices is not None else {}
             return self._compute(embeddings, labels, **ids)
         ctx = self.ctx
         assert ctx is not None
@@ -186,7 +215,7 @@ class GlobalBatchLoss(nn.Module):
         start = sum(sizes[: ctx.rank])
         all_labels = gather_embeddings(labels, ctx, differentiable=False, sizes=sizes)
         ids = {}
-        if self.takes_indices:  # the memory enqueues the global batch, in global order
+        if indices is not None:  # a memory enqueues the global batch, in global order
             indices = indices.to(device=embeddings.device, dtype=torch.long)
             all_ids = gather_embeddings(indices, ctx, differentiable=False, sizes=sizes)
             ids = {"indices": indices, "ref_indices": all_ids}
@@ -208,6 +237,6 @@ class GlobalBatchLoss(nn.Module):
         others = gather_embeddings(embeddings, ctx, differentiable=False, sizes=sizes)
         local = _ScaleGrad.apply(embeddings, float(ctx.world_size))
         all_emb = torch.cat([others[:start], local, others[start + n :]], dim=0)
-        if self.takes_indices:
+        if ids:
             ids = {"indices": ids["ref_indices"]}  # every query of the global batch
         return self._compute(all_emb, all_labels, **ids)

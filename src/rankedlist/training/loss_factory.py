@@ -29,13 +29,21 @@ the miner constructor's names prefixed with ``miner_`` (``miner_margin``,
 ``miner_type_of_triplets``, ``miner_epsilon``). An unknown key is a ValueError listing the valid
 ones (:func:`valid_params`). Defaults are PML's, except the triplet miner's type and margin above.
 
-Cross-batch memory (XBM): ``memory_size > 0`` ranks each batch against the last ``memory_size``
-embeddings too, from iteration ``memory_start`` on. ``rll`` becomes
-:class:`rankedlist.losses.MemoryRankedListLoss` (batch + memory as one ranked list, older copies of
-a sample excluded by its dataset index, so ``forward`` takes ``indices``); ``contrastive`` and
-``multi_similarity`` use PML's ``CrossBatchMemory`` (the XBM paper's pairings) through
-:class:`rankedlist.losses.PMLCrossBatchMemory`; any other loss raises a ValueError. The memory is
-made of buffers: it is saved and restored with the loss module's ``state_dict``.
+Cross-batch memory (XBM): ``memory_size > 0`` ranks each batch against the newest
+``memory_size`` embeddings, the current batch included (the XBM paper's and PML's memory size: a
+batch of B rows meets the newest ``memory_size - B`` rows of earlier batches once the memory is
+full), from iteration ``memory_start`` on. ``rll`` becomes
+:class:`rankedlist.losses.MemoryRankedListLoss` (batch + memory as one ranked list); ``contrastive``
+and ``multi_similarity`` use PML's ``CrossBatchMemory`` (the XBM paper's pairings) through
+:class:`rankedlist.losses.PMLCrossBatchMemory`; at equal ``memory_size`` both rank a query against
+the same number of rows at every step. Any other loss raises a ValueError. The memory is made of
+buffers: it is saved and restored with the loss module's ``state_dict``.
+
+Copies of one sample: ``forward(embeddings, labels, indices)`` with the samples' dataset indices
+leaves the pairs of one sample out (the P x K sampler repeats the images of a class smaller than
+K; an image is never its own positive): RLL by index like the self pair, pair- and triplet-based
+baselines by dropping those pairs from their miner's tuples, a memory for its older copies too.
+RLL's memory requires the indices; ``proxy_anchor`` ignores them (no pairs of samples).
 
 Proxy-based losses have trainable parameters (ProxyAnchor's ``loss.loss.proxies``, shape
 ``(num_classes, embedding_dim)``): they are ordinary parameters of the returned module, so the
@@ -147,15 +155,17 @@ def build_loss(
         ctx: the distributed context; with more than one process the loss is computed on the
             global batch gathered from all ranks. Build it on every rank, in the same order
             (construction may run collectives).
-        memory_size: rows of a cross-batch memory (0: none); see the module docstring.
+        memory_size: rows of a cross-batch memory, the current batch included (0: none); see
+            the module docstring.
         memory_start: iterations (training calls) before the memory is filled and used.
 
     Returns:
         A :class:`~rankedlist.training.global_batch_loss.GlobalBatchLoss`:
         ``forward(embeddings, labels) -> scalar``, ``last_stats`` dict, and for
         ``proxy_anchor`` the proxies as parameters (give ``module.parameters()`` to the
-        optimiser). With a memory, ``takes_indices`` is True for ``rll``: call it as
-        ``loss(embeddings, labels, indices)`` with the samples' dataset indices.
+        optimiser). ``takes_indices`` (every loss but ``proxy_anchor``): call it as
+        ``loss(embeddings, labels, indices)`` with the samples' dataset indices to leave the
+        pairs of one sample out; ``needs_indices`` (``rll`` with a memory): it must be called so.
 
     Raises:
         ValueError: unknown name, unknown parameter key (the message lists the valid ones), a
@@ -235,6 +245,7 @@ def build_loss(
         miner=miner,
         ctx=ctx,
         num_classes=num_classes if name == "proxy_anchor" else None,
+        drop_copies=name != "proxy_anchor",
     )
 
 

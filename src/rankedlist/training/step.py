@@ -33,7 +33,8 @@ def train_one_step(
     """One optimisation step; returns (logged values, stop agreed by every rank).
 
     ``indices`` are the samples' dataset indices, passed to the losses that declare
-    ``takes_indices`` (a cross-batch memory excludes older copies of a sample by them).
+    ``takes_indices``: the pairs of two copies of one sample (the P x K sampler repeats a small
+    class's images) are left out by them, and a cross-batch memory excludes older copies.
 
     Raises :class:`NonFiniteLossError` on every rank at once when any rank's embeddings, loss or
     gradients are not finite, or when the update explodes the parameters (``|w| > 1e12``).
