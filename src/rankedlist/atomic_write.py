@@ -7,6 +7,8 @@ the target; the rename is made durable by fsyncing the folder.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import tempfile
@@ -39,34 +41,73 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 def atomic_write(
     path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = True
 ) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A write that fails for want of space or permission (``ENOSPC``, ``EROFS``, ...) raises
+    ``OSError`` with that errno and ``path`` as its filename, whatever the writer made of it:
+    ``torch.save``'s zip writer, for one, turns the ``OSError`` of a full disk into a
+    ``RuntimeError`` ("unexpected pos") that has no errno. The temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:  # name the file the caller writes, not the temporary one
         raise OSError(err.errno, err.strerror, str(path)) from err
+    raw = _TemporaryFile(fd, "wb", closefd=True)
     try:
-        with os.fdopen(
-            fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})
-        ) as fh:
+        with _buffered(raw, binary) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes it private; ours are not
         os.replace(tmp_name, path)
-    except OSError as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        if err.filename is None and err.errno is not None:
-            # A write() that fails (ENOSPC) names no file; the user needs to know which one.
-            raise OSError(err.errno, err.strerror, str(path)) from err
+    except Exception as err:
+        _discard(raw, tmp_name)
+        disk = raw.failure or err
+        if isinstance(disk, OSError) and disk.errno is not None and disk.filename is None:
+            # A failed write (ENOSPC) names no file, and torch.save reports it as a RuntimeError
+            # without errno: the user needs the reason and the file.
+            raise OSError(disk.errno, disk.strerror, str(path)) from err
         raise
     except BaseException:
-        # Whatever interrupted the write (an exception, KeyboardInterrupt), drop the partial file.
-        Path(tmp_name).unlink(missing_ok=True)
+        # Whatever interrupted the write (KeyboardInterrupt, SystemExit), drop the partial file.
+        _discard(raw, tmp_name)
         raise
     fsync_dir(path.parent)
     return path
+
+
+class _TemporaryFile(io.FileIO):
+    """The raw layer of the temporary file; it keeps the first ``OSError`` a write raised, so the
+    errno survives a writer that reports the failure its own way."""
+
+    failure: OSError | None = None
+
+    def write(self, data: Any) -> int | None:
+        try:
+            return self._write(data)
+        except OSError as err:
+            if self.failure is None:
+                self.failure = err
+            raise
+
+    def _write(self, data: Any) -> int | None:
+        """The write to the disk (tests replace it to simulate a full disk)."""
+        return super().write(data)
+
+
+def _buffered(raw: _TemporaryFile, binary: bool) -> IO[Any]:
+    """``raw`` as ``open(..., "wb")`` or ``open(..., "w", encoding="utf-8")`` would give it."""
+    fh: IO[Any] = io.BufferedWriter(raw)
+    return fh if binary else io.TextIOWrapper(fh, encoding="utf-8")
+
+
+def _discard(raw: _TemporaryFile, tmp_name: str) -> None:
+    """Close (if a failure left it open) and delete the temporary file."""
+    with contextlib.suppress(OSError):
+        raw.close()
+    Path(tmp_name).unlink(missing_ok=True)
 
 
 def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:

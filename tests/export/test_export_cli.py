@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import torch
 from _export_helpers import glyph_images, write_run
 from onnx import TensorProto, helper
 
@@ -21,6 +22,7 @@ from rankedlist.export import cli_commands as export_cli
 from rankedlist.export import export_checkpoint
 from rankedlist.retrieval import EmbeddingIndex
 from rankedlist.retrieval.cli_commands import add_index_parser, run_index_command
+from rankedlist.training import save_checkpoint
 
 RUNTIME = ["--device", "cpu", "--no-progress"]
 
@@ -90,6 +92,72 @@ def test_a_failed_parity_check_writes_nothing(setup, capsys, monkeypatch):
     line = error_line(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out)])
     assert "does not reproduce PyTorch's embeddings" in line and f"{out} was not written" in line
     assert list(out.parent.iterdir()) == []  # no file, no temporary file
+
+
+def nan_rows(rows: str):
+    """A forward hook that makes row 0 (``rows="one"``) or every row (``"all"``) NaN; written
+    with ``torch.where`` so that tracing and ONNX export record it as part of the model."""
+
+    def hook(module, inputs, output):
+        index = torch.arange(output.shape[0]).unsqueeze(1)
+        hit = index == 0 if rows == "one" else index >= 0
+        return torch.where(hit, torch.full_like(output, float("nan")), output)
+
+    return hook
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("rows", ["one", "all"])
+def test_a_model_that_outputs_nan_fails_the_check_and_writes_nothing(
+    setup, tmp_path, capsys, monkeypatch, fmt, rows
+):
+    # `nan < 0.9999` is false: NaN embeddings used to pass the parity check and be written.
+    root, ckpt, _ = setup
+    if rows == "all":  # a checkpoint whose weights hold a NaN: every embedding is NaN
+        state = torch.load(ckpt, weights_only=True)
+        name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.ndim > 1)
+        state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+        ckpt = save_checkpoint(state, tmp_path / "nan_run" / "best.pt")
+    else:  # finite weights, but the model's last layer makes image 0's embedding NaN
+        from rankedlist.training import checkpoint_model
+
+        real = checkpoint_model.load_model_from_checkpoint
+
+        def with_a_nan_row(*args, **kwargs):
+            loaded = real(*args, **kwargs)
+            loaded.model.heads["high"].register_forward_hook(nan_rows("one"))
+            return loaded
+
+        monkeypatch.setattr(checkpoint_model, "load_model_from_checkpoint", with_a_nan_row)
+    out = tmp_path / "exports" / ("m.onnx" if fmt == "onnx" else "m.pt")
+    line = error_line(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out)])
+    count = "1 of 4" if rows == "one" else "4 of 4"
+    assert f"non-finite embeddings (NaN or inf) in PyTorch itself, for {count}" in line
+    assert f"{out} was not written" in line and "export an earlier checkpoint" in line
+    assert list(out.parent.iterdir()) == []  # no file, no sidecar, no temporary file
+
+
+@pytest.mark.parametrize(("fmt", "rows"), [("onnx", "one"), ("torchscript", "all")])
+def test_an_exported_file_that_outputs_nan_fails_the_check_and_writes_nothing(
+    setup, tmp_path, capsys, monkeypatch, fmt, rows
+):
+    root, ckpt, _ = setup
+    from rankedlist.export import checked_export as module
+
+    real = module.run_exported
+
+    def broken_runtime(*args):  # PyTorch's embeddings are finite, the runtime's are not
+        got = np.array(real(*args), dtype=np.float32)
+        got[: 1 if rows == "one" else len(got)] = np.nan
+        return got
+
+    monkeypatch.setattr(module, "run_exported", broken_runtime)
+    out = tmp_path / "exports" / ("m.onnx" if fmt == "onnx" else "m.pt")
+    line = error_line(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out)])
+    count = "1 of 4" if rows == "one" else "4 of 4"
+    assert f"the exported {fmt} model gives non-finite embeddings (NaN or inf) for {count}" in line
+    assert f"{out} was not written" in line and "Try the other --format" in line
+    assert list(out.parent.iterdir()) == []
 
 
 def test_export_bad_input_is_one_line(setup, tmp_path, capsys, monkeypatch):

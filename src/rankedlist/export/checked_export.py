@@ -84,11 +84,15 @@ def parity(model: torch.nn.Module, path: str | Path, fmt: str, inputs: np.ndarra
             f"the exported model returns shape {got.shape} for {inputs.shape[0]} images, PyTorch "
             f"{want.shape}: the export is broken"
         )
-    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    with np.errstate(all="ignore"):  # NaN / inf rows give NaN here, and are counted apart
+        cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        diff = np.abs(got - want).max()
     return {
         "images": int(inputs.shape[0]),
-        "min_cosine": float(cos.min()),
-        "max_abs_diff": float(np.abs(got - want).max()),
+        "min_cosine": float(cos.min()),  # NaN when any row is NaN (np.min propagates it)
+        "max_abs_diff": float(diff),
+        "nonfinite_reference": int((~np.isfinite(want)).any(1).sum()),
+        "nonfinite_exported": int((~np.isfinite(got)).any(1).sum()),
     }
 
 
@@ -179,7 +183,11 @@ def export_checkpoint(
 def _check_parity(
     model: torch.nn.Module, path: Path, fmt: str, contract: dict[str, Any], out: Path
 ) -> dict[str, Any]:
-    """Parity on 4 random images in one batch, then on one alone (the dynamic batch)."""
+    """Parity on 4 random images in one batch, then on one alone (the dynamic batch).
+
+    Non-finite embeddings (NaN, inf) fail it, from PyTorch or from the exported file: every
+    comparison with NaN is false, so they would pass a plain threshold test.
+    """
     inputs = random_inputs(contract, 4, seed=1)
     batched = parity(model, path, fmt, inputs)
     single = parity(model, path, fmt, inputs[:1])
@@ -189,7 +197,26 @@ def _check_parity(
         "max_abs_diff": max(batched["max_abs_diff"], single["max_abs_diff"]),
         "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load (CPU)",
     }
-    if result["min_cosine"] < PARITY_MIN_COSINE or result["max_abs_diff"] > PARITY_MAX_ABS_DIFF:
+    images = f"{batched['images']} random test images"
+    if batched["nonfinite_reference"] or single["nonfinite_reference"]:
+        count = max(batched["nonfinite_reference"], single["nonfinite_reference"])
+        raise ValueError(
+            f"the model gives non-finite embeddings (NaN or inf) in PyTorch itself, for {count} "
+            f"of {images}; {out} was not written. The checkpoint's weights or statistics are "
+            "broken: export an earlier checkpoint of the run, or train again (e.g. a lower "
+            "optim.lr)"
+        )
+    if batched["nonfinite_exported"] or single["nonfinite_exported"]:
+        count = max(batched["nonfinite_exported"], single["nonfinite_exported"])
+        raise ValueError(
+            f"the exported {fmt} model gives non-finite embeddings (NaN or inf) for {count} of "
+            f"{images} where PyTorch's are finite; {out} was not written. Try the other "
+            "--format, or rerun with --debug and report it"
+        )
+    # Written so that a NaN fails too (every comparison with NaN is false).
+    if not (
+        result["min_cosine"] >= PARITY_MIN_COSINE and result["max_abs_diff"] <= PARITY_MAX_ABS_DIFF
+    ):
         raise ValueError(
             f"the exported {fmt} model does not reproduce PyTorch's embeddings (min cosine "
             f"{result['min_cosine']:.6f} < {PARITY_MIN_COSINE} or max |difference| "
