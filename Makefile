@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint format clean check-install
+.PHONY: test test-fast demo bench lint format clean check-install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ check-install: $(STAMP)
 
 test: lint check-install
 	$(BIN)/python -m pytest -n 2 -q tests
+
+# The edit-test loop: lint and every test but those marked slow (real multi-process runs).
+test-fast: lint
+	$(BIN)/python -m pytest -n 2 -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(BIN)/rankedlist train --config glyphs --overwrite

@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "rankedlist"
 
 # What each subpackage may import from rankedlist. "(root)" is the package itself (its
-# __version__); atomic_write and extras are the two shared top-level modules.
+# __version__); atomic_write, folder_lock and extras are the shared top-level modules.
 ALLOWED = {
     "data": set(),
     "models": set(),
@@ -23,27 +23,37 @@ ALLOWED = {
     "evaluation": set(),
     "report": {"(root)", "atomic_write", "evaluation"},
     "training": {
-        "(root)", "atomic_write", "extras", "data", "models", "losses", "evaluation", "report",
+        "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "losses",
+        "evaluation", "report",
     },
-    "export": {"(root)", "atomic_write", "extras", "data", "models", "evaluation", "training"},
+    "export": {
+        "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "evaluation",
+        "training",
+    },
     "retrieval": {
-        "(root)", "atomic_write", "extras", "data", "models", "evaluation", "training", "export",
+        "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "evaluation",
+        "training", "export",
     },
-    "tune": {"(root)", "atomic_write", "extras", "data", "models", "losses", "evaluation", "report",
-             "training"},
+    "tune": {
+        "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "losses",
+        "evaluation", "report", "training",
+    },
     "cli": {
-        "(root)", "atomic_write", "extras", "data", "models", "losses", "evaluation", "report",
-        "training", "export", "retrieval", "tune",
+        "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "losses",
+        "evaluation", "report", "training", "export", "retrieval", "tune",
     },
     "atomic_write": set(),
+    "folder_lock": set(),
     "extras": set(),
 }  # fmt: skip
 
 # The training room, in reading order: each module imports only modules above it.
 TRAINING_ORDER = [
-    "recipes", "loader_workers", "config_schema", "config", "checkpoint", "health", "distributed",
+    "recipes", "loader_workers", "config_schema", "config", "checkpoint", "checkpoint_convert",
+    "health", "distributed",
     "amp", "optim", "global_batch_loss", "loss_factory", "recipe_data", "batch_feed",
-    "run_folder", "run_log", "step", "evaluation_pass", "run", "checkpoint_model", "signals",
+    "run_folder", "resume_config", "run_log", "step", "evaluation_pass", "run", "checkpoint_model",
+    "signals",
     "final_test", "train", "evaluate_checkpoint",
 ]  # fmt: skip
 

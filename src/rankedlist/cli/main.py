@@ -114,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
     add_tune_parser(sub)
+
+    convert = sub.add_parser(
+        "convert-checkpoint",
+        help="rewrite an older checkpoint in the current format (tensors and plain values)",
+        description="Checkpoints are read with torch.load(weights_only=True), which runs no code. "
+        "This rewrites one that an older rankedlist wrote (numpy's RNG state pickled) so that "
+        "it loads that way without an allow-list. A file holding other objects is unpickled in "
+        "full only with --trust, which runs any code it holds: use it only for a file you wrote.",
+    )
+    convert.add_argument("checkpoint", metavar="OLD.pt", help="the checkpoint file to convert")
+    convert.add_argument(
+        "--out", metavar="NEW.pt", help="write the converted checkpoint here (default: replace it)"
+    )
+    convert.add_argument(
+        "--trust",
+        action="store_true",
+        help="the file holds objects weights_only refuses: unpickle it in full (runs any code it "
+        "holds; only for a checkpoint you wrote yourself)",
+    )
     return parser
 
 
@@ -176,6 +195,7 @@ def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rankedlist.training.config import apply_overrides, config_from_dict, load_config
+    from rankedlist.training.run_folder import checkpoint_folder
     from rankedlist.training.train import main as train_main
 
     resume = None
@@ -191,6 +211,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = apply_overrides(config_from_dict(saved), args.overrides)
     else:
         raise ValueError("train needs --config PATH (or --resume PATH of a checkpoint)")
+    if resume is not None and not _names_run_dir(args.overrides):
+        # A resume continues in the folder its checkpoint is in, wherever that is now (the
+        # recipe's or the checkpoint's saved train.run_dir may be an old place); naming
+        # train.run_dir=NEW copies the run there first.
+        config.train.run_dir = str(checkpoint_folder(resume))
 
     result = train_main(
         config,
@@ -202,6 +227,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.status == "interrupted":
         return 128 + int(result.signal or signal.SIGINT)
     return 0
+
+
+def _names_run_dir(overrides: Sequence[str]) -> bool:
+    return any(o.split("=", 1)[0].strip() == "train.run_dir" for o in overrides)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -274,6 +303,18 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from rankedlist.training.checkpoint_convert import convert_checkpoint
+
+    result = convert_checkpoint(args.checkpoint, args.out, trust=args.trust)
+    how = "unpickled in full (--trust)" if result.full_unpickle else "read with weights_only=True"
+    print(
+        f"converted {result.source} ({how}) -> {result.out}: tensors and plain values only, "
+        "loads with torch.load(weights_only=True)"
+    )
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from rankedlist.retrieval.cli_commands import run_index_command
 
@@ -288,6 +329,7 @@ _COMMANDS = {
     "index": _cmd_index,
     "export": _cmd_export,
     "tune": _cmd_tune,
+    "convert-checkpoint": _cmd_convert_checkpoint,
 }
 
 
@@ -345,22 +387,28 @@ def _describe_error(exc: Exception, command: str) -> tuple[str | None, int]:
     if isinstance(exc, (ValueError, TypeError, FileNotFoundError, PretrainedWeightsError)):
         return _one_line(exc), _EXIT_USAGE
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
-        where = f" while writing {exc.filename}" if exc.filename else ""
-        return f"{_DISK_ERRORS[exc.errno]}{where}; {_DISK_FIX}", _EXIT_USAGE
+        reason, fix = _DISK_ERRORS[exc.errno]
+        where = f" {_DISK_WHERE.get(exc.errno, 'while writing')} {exc.filename}"
+        return f"{reason}{where if exc.filename else ''}; {fix}; {_DISK_AFTER}", _EXIT_USAGE
     return None, 1
 
 
 _CONFIG_COMMANDS = ("train", "evaluate", "tune")
+_FREE_SPACE = "free some space there, or choose another folder (train.run_dir=PATH, --out)"
+_WRITABLE = "choose a writable folder (train.run_dir=PATH, --out) or make this one writable"
+# errno -> (what happened, the fix): a full disk wants space, a read-only one another folder.
 _DISK_ERRORS = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: ("no space left on device", _FREE_SPACE),
+    errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE),
+    errno.EROFS: ("read-only file system", _WRITABLE),
+    errno.EACCES: ("permission denied", _WRITABLE),
+    errno.EPERM: ("operation not permitted", _WRITABLE),
 }
-_DISK_FIX = (
-    "free some space or choose a writable folder (train.run_dir=PATH, --out); files written "
-    "before stay intact, and a training run continues from its last checkpoint with --resume"
+# A permission error may come from a read, too: no "while writing" then.
+_DISK_WHERE = {errno.EACCES: "on", errno.EPERM: "on"}
+_DISK_AFTER = (
+    "files written before stay intact, and a training run continues from its last checkpoint "
+    "with --resume"
 )
 
 

@@ -17,8 +17,10 @@ from rankedlist.training.recipe_data import (
     evaluation_split_names,
     get_split_dataset,
     protocol_name,
+    record_skipped_images,
 )
 from rankedlist.training.run import Run
+from rankedlist.training.run_folder import SKIPPED_FILE
 from rankedlist.training.run_log import RunLog
 
 __all__ = ["test_and_report"]
@@ -29,10 +31,18 @@ def test_and_report(run: Run, log: RunLog) -> tuple[dict[str, dict[str, float]],
     config = run.config
     protocol = protocol_name(config)
     query_split, gallery_split = evaluation_split_names(config, "test")
-    query = get_split_dataset(config, query_split, run.eval_transform)
+    query = get_split_dataset(config, query_split, run.eval_transform, quiet_skips=True)
     gallery = (
-        get_split_dataset(config, gallery_split, run.eval_transform) if gallery_split else None
+        get_split_dataset(config, gallery_split, run.eval_transform, quiet_skips=True)
+        if gallery_split
+        else None
     )
+    if run.ctx.is_main:
+        for split, dataset in ((query_split, query), (gallery_split, gallery)):
+            if dataset is None:
+                continue
+            if note := record_skipped_images(dataset, split, run.run_dir / SKIPPED_FILE):
+                log.message(note)
     metrics, embeddings, labels = evaluate(run.model, query, gallery, protocol, run.ctx, config)
     if not run.ctx.is_main:
         return metrics, {}

@@ -27,13 +27,9 @@ from rankedlist.training.config import Config, save_config
 from rankedlist.training.health import NonFiniteLossError
 from rankedlist.training.loss_factory import build_loss
 from rankedlist.training.optim import build_optimizer, build_scheduler
-from rankedlist.training.recipe_data import get_split_dataset
-from rankedlist.training.run_folder import (
-    CHANGES_FILE,
-    check_resume_config,
-    prepare_run_dir,
-    record_config_changes,
-)
+from rankedlist.training.recipe_data import get_split_dataset, record_skipped_images
+from rankedlist.training.resume_config import check_resume_config, record_config_changes
+from rankedlist.training.run_folder import CHANGES_FILE, SKIPPED_FILE, RunFolder
 from rankedlist.training.run_log import RunLog
 
 __all__ = ["Run", "build_losses", "build_model", "build_run", "start_run"]
@@ -62,6 +58,7 @@ class Run:
     best: dict[str, Any] = field(default_factory=dict)  # metric, value, iteration
     saved_at: int | None = None  # iteration of the last full checkpoint written (or resumed)
     saved_path: Path | None = None  # and its file
+    folder: RunFolder | None = None  # the run folder's lock, held until the run ends
 
     @property
     def run_dir(self) -> Path:
@@ -152,6 +149,11 @@ class Run:
             self.saved_at, self.saved_path = self.iteration, path
         return path
 
+    def release_folder(self) -> None:
+        """Let another process write the run folder (the run is over, or failed)."""
+        if self.folder is not None:
+            self.folder.release()
+
     def load_best_weights(self) -> None:
         """Put ``best.pt``'s weights (the validation's choice) into the model on every rank."""
         weights = load_checkpoint(self.run_dir / "best.pt")["model"] if self.ctx.is_main else None
@@ -217,10 +219,18 @@ def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretraine
     train_transform = (
         eval_transform if batch_augment else build_transform(model.input_style, True, image_size)
     )
-    train_set = get_split_dataset(config, "train", train_transform)
+    # Skipped unreadable images are the run's to report (its log, skipped_images.txt).
+    train_set = get_split_dataset(config, "train", train_transform, quiet_skips=True)
     val_set = (
-        get_split_dataset(config, "val", eval_transform) if config.data.val_fraction > 0 else None
+        get_split_dataset(config, "val", eval_transform, quiet_skips=True)
+        if config.data.val_fraction > 0
+        else None
     )
+    if config.data.p > len(train_set.classes):
+        raise ValueError(
+            f"data.p = {config.data.p} classes per batch, but the training split holds only "
+            f"{len(train_set.classes)} classes; set data.p to at most {len(train_set.classes)}"
+        )
     losses = build_losses(config, model, len(train_set.classes), ctx)
     model = dist_utils.wrap_model(model, ctx)
     optimizer = build_optimizer(model, config.optim, losses.values())
@@ -230,11 +240,6 @@ def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretraine
     )  # fmt: skip
     sampler.set_epoch(0)
     batches_per_epoch = len(sampler)
-    if batches_per_epoch == 0:
-        raise ValueError(
-            f"the training split has {len(train_set.classes)} classes, fewer than data.p = "
-            f"{config.data.p} per batch; lower data.p"
-        )
     _set_seed(t.seed + ctx.rank)  # per-rank randomness from here on (e.g. dropout)
     return Run(
         config, ctx, model, losses, optimizer,
@@ -254,33 +259,37 @@ def start_run(
     overwrite: bool = False,
     allow_config_change: bool = False,
 ) -> tuple[Run, RunLog]:
-    """A new run (its folder checked), or one resumed from a checkpoint (its config checked),
-    with its log opened and its first message written."""
-    prepare_run_dir(config, ctx, resume, overwrite)
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    changes: dict[str, Any] = {}
-    if checkpoint is not None:
-        if "optimizer" not in checkpoint:
-            raise ValueError(f"{resume} holds model weights only; resume from a run's last.pt")
-        if checkpoint["world_size"] != ctx.world_size:
-            raise ValueError(
-                f"{resume} was written by {checkpoint['world_size']} process(es) but this run has "
-                f"{ctx.world_size}: resume with the same world size (torchrun --nproc_per_node)"
-            )
-        changes = check_resume_config(checkpoint["config"], config, resume, allow_config_change)
+    """A new run, or one resumed from a checkpoint, with its folder locked, its log opened and
+    its first message written.
 
-    run = build_run(config, ctx, load_pretrained=checkpoint is None)
+    Everything is checked before anything in a folder is deleted or copied: the folder (its
+    lock; a run there that is not to be overwritten), the checkpoint and the resume's config,
+    then the model, the data and the loss (built, which validates them). ``resume`` from another
+    folder than ``train.run_dir`` copies the run into ``train.run_dir`` and continues there.
+    """
+    folder = RunFolder.claim(config.train.run_dir, ctx, resume, overwrite)
+    try:
+        checkpoint, changes = _resume_checkpoint(config, ctx, resume, allow_config_change)
+        run = build_run(config, ctx, load_pretrained=checkpoint is None)
+        resume = folder.make_ready()
+    except BaseException:
+        folder.release()
+        raise
+    run.folder = folder
     if checkpoint is not None:
         run.load_state_dict(checkpoint)
         run.saved_path = Path(resume) / "last.pt" if Path(resume).is_dir() else Path(resume)
         del checkpoint
     if ctx.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run.run_dir / "config.yaml")
         if changes:
             record_config_changes(run.run_dir, run.iteration, resume, changes)
     dist_utils.barrier(ctx)
     log = RunLog(run)
+    if ctx.is_main:
+        for split, dataset in (("train", run.train_set), ("val", run.val_set)):
+            if note := record_skipped_images(dataset, split, run.run_dir / SKIPPED_FILE):
+                log.message(note)
     t = config.train
     if run.iteration:
         log.message(f"resumed from {resume} at iteration {run.iteration}")
@@ -300,3 +309,24 @@ def start_run(
                 "the final iteration is the model"
             )
     return run, log
+
+
+def _resume_checkpoint(
+    config: Config,
+    ctx: dist_utils.DistributedContext,
+    resume: str | Path | None,
+    allow_config_change: bool,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The checkpoint to resume from (None for a new run) and the config changes it allows."""
+    if resume is None:
+        return None, {}
+    checkpoint = load_checkpoint(resume)
+    if "optimizer" not in checkpoint:
+        raise ValueError(f"{resume} holds model weights only; resume from a run's last.pt")
+    if checkpoint["world_size"] != ctx.world_size:
+        raise ValueError(
+            f"{resume} was written by {checkpoint['world_size']} process(es) but this run has "
+            f"{ctx.world_size}: resume with the same world size (torchrun --nproc_per_node)"
+        )
+    changes = check_resume_config(checkpoint["config"], config, resume, allow_config_change)
+    return checkpoint, changes

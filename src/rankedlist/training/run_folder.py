@@ -1,207 +1,272 @@
-"""The run folder's guards: never overwrite a run by accident, never resume with another recipe.
+"""The run folder: what a run owns there, who may write it, and what is deleted or copied when.
 
-Training into a ``train.run_dir`` that already holds a run is refused unless the caller asks to
-``resume`` it or to ``overwrite`` it (the convention of Hugging Face's ``overwrite_output_dir``):
-a forgotten ``--resume`` after a SIGTERM must not truncate ``metrics.jsonl`` and replace
-``last.pt``. A resume compares the given config with the checkpoint's: keys that change what is
-computed are refused (each with its old and new value), keys that only change how long or how
-often things happen are allowed and recorded in ``config_changes.jsonl``.
+Four rules a user can predict:
+
+- **One writer per folder.** A run holds the folder's lock (:mod:`rankedlist.folder_lock`) from
+  its start to the end of its final test; a second ``train`` (or ``--overwrite``) there gets one
+  line naming the process that holds it. The lock dies with its process, ``kill -9`` included.
+- **A run owns exactly the files it lists.** Every run writes ``run_files.json``, the names of
+  the files it writes; ``--overwrite`` removes those and nothing else. A folder's other files
+  (a user's own ``config.yaml``, ``tensorboard/other_experiment/``) are never deleted, and a run
+  refuses to start where it would write over one of them.
+- **A run worth protecting has a checkpoint.** A folder whose files list no ``last.pt`` or
+  ``best.pt`` (a start that failed on its first batch) is cleared by the next start, without
+  ``--overwrite``.
+- **A resume continues where its checkpoint is.** Resuming into another ``train.run_dir`` first
+  copies the whole run there (checkpoints, history, the lists), then continues in the copy; the
+  original stays as it was.
+
+Nothing is deleted or copied until everything has been checked: the caller inspects
+(:meth:`RunFolder.claim`: the lock, the refusals), validates the config, the checkpoint and the
+data, and only then calls :meth:`RunFolder.make_ready`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rankedlist.atomic_write import remove_orphan_temporaries
+from rankedlist.atomic_write import atomic_write, atomic_write_text, remove_orphan_temporaries
+from rankedlist.folder_lock import FolderLock
 from rankedlist.training import distributed as dist_utils
-from rankedlist.training.config import Config, config_from_dict
 
 __all__ = [
     "CHANGES_FILE",
-    "FIXED_ON_RESUME",
-    "SAFE_ON_RESUME",
-    "config_differences",
-    "flatten_config",
-    "prepare_run_dir",
+    "MANIFEST",
+    "SKIPPED_FILE",
+    "FolderState",
     "RunExistsError",
-    "check_resume_config",
-    "existing_run_files",
-    "record_config_changes",
+    "RunFolder",
+    "checkpoint_folder",
+    "inspect_run_folder",
+    "register_run_files",
     "remove_run",
 ]
 
+#: The list of the files a run wrote (relative POSIX paths), rewritten atomically as it grows.
+MANIFEST = "run_files.json"
 #: Where the allowed changes of each resume are recorded, one JSON line per resume.
 CHANGES_FILE = "config_changes.jsonl"
-# What a run writes into its folder (the report's pictures are named by the report package).
-_RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.json", "report.md")
-_RUN_FOLDERS = ("tensorboard",)
+#: The images a run skipped as unreadable (``data.options.skip_corrupt=true``).
+SKIPPED_FILE = "skipped_images.txt"
+_CHECKPOINTS = ("last.pt", "best.pt")
+_TENSORBOARD = "tensorboard"
+_EVENTS_GLOB = "events.out.tfevents.*"
 
 
-#: Keys a resumed run may change: they do not change what is computed, only how long, how often
-#: it is logged, evaluated or saved, and where it runs. Everything else is refused on resume.
-SAFE_ON_RESUME = frozenset(
-    {
-        "description",
-        "data.num_workers",
-        "train.iterations",  # extends (or shortens) the run; the schedule follows the new length
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.log_every",
-        "train.device",
-        "train.run_dir",
-        "train.eval_batch_size",
-        "train.num_threads",
-        "train.tensorboard",
-        "train.report",
-    }
-)
-#: Keys no resume can change, even deliberately: the saved weights would not fit the model.
-FIXED_ON_RESUME = ("model.", "data.dataset")
+def run_file_names() -> tuple[str, ...]:
+    """The top-level files a run may write (the report's pictures are named by the report)."""
+    from rankedlist.report.write_report import FILE_NAMES
 
-
-def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.01, "loss.params.margin": 0.4, ...}``: one entry per leaf value."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any]
-) -> dict[str, tuple[Any, Any]]:
-    """``{key: (old value, new value)}`` for every leaf that differs (missing leaves are None)."""
-    a, b = flatten_config(old), flatten_config(new)
-    out = {}
-    for key in sorted(set(a) | set(b)):
-        pair = (a.get(key), b.get(key))
-        # An empty mapping on one side and sub-keys on the other: the sub-keys say it all.
-        if pair[0] != pair[1] and not all(v in ({}, None) for v in pair):
-            out[key] = pair
-    return out
+    names = (*_CHECKPOINTS, "config.yaml", "metrics.jsonl", CHANGES_FILE, SKIPPED_FILE)
+    return tuple(dict.fromkeys((*names, *FILE_NAMES.values())))
 
 
 class RunExistsError(ValueError):
-    """``train.run_dir`` already holds a run and neither resume nor overwrite was asked for."""
+    """``train.run_dir`` already holds a run and neither resume nor overwrite was asked for, or
+    holds files that are not a run's and that a run would write over."""
 
 
-def _run_artifacts() -> tuple[str, ...]:
-    from rankedlist.report.write_report import FILE_NAMES
+def _read_manifest(run_dir: Path) -> list[str] | None:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunExistsError(
+            f"{path} is damaged ({err}); it lists the files of the run in {run_dir}. Delete it "
+            "after checking that folder by hand, or train into another train.run_dir"
+        ) from None
+    return [str(f) for f in files]
 
-    return tuple(dict.fromkeys((*_RUN_FILES, CHANGES_FILE, *FILE_NAMES.values())))
 
-
-def existing_run_files(run_dir: str | Path) -> list[str]:
-    """The names of a previous run's files and folders inside ``run_dir`` (empty: none)."""
+def register_run_files(run_dir: str | Path, names: list[str] | tuple[str, ...]) -> None:
+    """Add ``names`` (relative to ``run_dir``) to the run's file list."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    names = [n for n in _run_artifacts() if (run_dir / n).is_file()]
-    return names + [n for n in _RUN_FOLDERS if (run_dir / n).is_dir()]
+    listed = _read_manifest(run_dir) or []
+    merged = sorted(set(listed) | {Path(n).as_posix() for n in names})
+    if merged != sorted(listed):
+        atomic_write_text(run_dir / MANIFEST, json.dumps({"files": merged}, indent=1) + "\n")
 
 
-def refuse_existing_run(run_dir: str | Path, found: list[str]) -> RunExistsError:
-    """The error for a run folder that already holds ``found``."""
-    shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-    return RunExistsError(
-        f"train.run_dir {run_dir} already holds a run ({shown}); continue it with --resume, "
-        "train into another folder with train.run_dir=PATH, or pass --overwrite to delete that "
-        "run and start again (in Python: main(config, resume=...) or overwrite=True)"
-    )
+@dataclass
+class FolderState:
+    """What ``run_dir`` holds, as far as runs are concerned."""
+
+    run_dir: Path
+    owned: list[str] = field(default_factory=list)  # existing files of a run (listed, or legacy)
+    foreign: list[str] = field(default_factory=list)  # a run's names that no list claims
+    listed: bool = False  # the folder has a run_files.json
+
+    @property
+    def is_run(self) -> bool:
+        """A run worth protecting: it saved a checkpoint."""
+        return any(name in self.owned for name in _CHECKPOINTS)
 
 
-def remove_run(run_dir: str | Path) -> list[str]:
-    """Delete a previous run's files from ``run_dir`` (only what a run writes; anything else the
-    user keeps there stays). Returns the removed names."""
-    run_dir = Path(run_dir)
-    removed = existing_run_files(run_dir)
-    for name in removed:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-    return removed
+def inspect_run_folder(run_dir: str | Path) -> FolderState:
+    """Which files of ``run_dir`` belong to a run, and which would a run write over.
 
-
-def check_resume_config(
-    saved: Mapping[str, Any], config: Config, checkpoint: str | Path, allow_changes: bool = False
-) -> dict[str, tuple[Any, Any]]:
-    """The differences between a checkpoint's config and ``config`` that a resume may make.
-
-    Raises ``ValueError`` listing each refused key with its old and new value. With
-    ``allow_changes`` every key may change except the model's and the dataset (the saved
-    weights would not fit), for deliberate continuations such as a lower learning rate after a
-    divergence.
+    Without ``run_files.json`` (a run of an older version), a folder with a checkpoint owns the
+    run's usual names and the TensorBoard event files directly in ``tensorboard/``; a folder
+    without one owns nothing.
     """
-    # Through config_from_dict: a checkpoint of an older version gets today's defaults.
-    before = config_from_dict(dict(saved)).to_dict()
-    changes = config_differences(before, config.to_dict())
-    fixed = [k for k in changes if k.startswith(FIXED_ON_RESUME) or k == "loss.name"]
-    refused = [k for k in changes if k not in SAFE_ON_RESUME]
-    if fixed or (refused and not allow_changes):
-        keys = fixed if allow_changes else refused
-        listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
-        escape = (
-            ""
-            if fixed
-            else ", or pass --allow-config-change to continue from its weights with the new "
-            "values on purpose (recorded in the run folder)"
-        )
-        raise ValueError(
-            f"cannot resume {checkpoint} with a different recipe: {listed}. Resume with the "
-            f"checkpoint's values (`rankedlist train --resume {checkpoint}` alone uses its saved "
-            f"config){escape}, or start a new run (another train.run_dir, or --overwrite)"
-        )
-    return changes
+    run_dir = Path(run_dir)
+    state = FolderState(run_dir)
+    if not run_dir.is_dir():
+        return state
+    present = [n for n in run_file_names() if (run_dir / n).is_file()]
+    listed = _read_manifest(run_dir)
+    if listed is not None:
+        state.listed = True
+        state.owned = [n for n in listed if (run_dir / n).is_file()] + [MANIFEST]
+        state.foreign = [n for n in present if n not in listed]
+    elif any(n in present for n in _CHECKPOINTS):
+        events = sorted((run_dir / _TENSORBOARD).glob(_EVENTS_GLOB))
+        state.owned = present + [f"{_TENSORBOARD}/{p.name}" for p in events if p.is_file()]
+    else:
+        state.foreign = present
+    return state
 
 
-def record_config_changes(
-    run_dir: str | Path,
-    iteration: int,
-    checkpoint: str | Path,
-    changes: Mapping[str, tuple[Any, Any]],
-) -> Path:
-    """Append one line to ``config_changes.jsonl``: when, from where, and each key's change."""
-    path = Path(run_dir) / CHANGES_FILE
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "iteration": iteration,
-        "resumed_from": str(checkpoint),
-        "changes": {k: {"old": old, "new": new} for k, (old, new) in changes.items()},
-    }
-    with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    return path
+def remove_run(state: FolderState) -> list[str]:
+    """Delete the run's own files (and the folders they emptied); return their names."""
+    for name in state.owned:
+        (state.run_dir / name).unlink(missing_ok=True)
+    board = state.run_dir / _TENSORBOARD
+    if board.is_dir() and not any(board.iterdir()):
+        board.rmdir()
+    return list(state.owned)
 
 
-def prepare_run_dir(
-    config: Config, ctx: dist_utils.DistributedContext, resume: str | Path | None, overwrite: bool
-) -> None:
-    """Refuse (or, with ``overwrite``, clear) a folder holding another run; drop the temporary
-    files a killed checkpoint write left. Rank 0 looks, every rank gets the same answer."""
-    run_dir = Path(config.train.run_dir)
-    same_folder = resume is not None and _checkpoint_folder(resume) == run_dir.resolve()
-    found = existing_run_files(run_dir) if ctx.is_main and not same_folder else []
-    found = dist_utils.broadcast_object(found, ctx)
-    if found and not overwrite:
-        raise refuse_existing_run(run_dir, found)
-    if ctx.is_main:
-        if found:
-            remove_run(run_dir)
-            print(f"--overwrite: removed the previous run in {run_dir}", flush=True)
-        remove_orphan_temporaries(run_dir)
-    dist_utils.barrier(ctx)
+def _copy_run(source: FolderState, target: Path, checkpoint: Path) -> None:
+    """Copy a run's files into ``target``, ``checkpoint`` as its ``last.pt``, that one last.
+
+    The list is written first and ``last.pt`` last (atomically): a copy killed half-way is a
+    folder without a checkpoint, which the next start clears.
+    """
+    names = [n for n in source.owned if n not in (MANIFEST, "last.pt")]
+    target.mkdir(parents=True, exist_ok=True)
+    register_run_files(target, [*names, *run_file_names()])
+    for name in names:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source.run_dir / name, target / name)
+    with checkpoint.open("rb") as src:
+        atomic_write(target / "last.pt", lambda fh: shutil.copyfileobj(src, fh))
 
 
-def _checkpoint_folder(resume: str | Path) -> Path:
+def checkpoint_folder(resume: str | Path) -> Path:
+    """The run folder of a checkpoint path (a ``.pt`` file or a run folder)."""
     path = Path(resume)
     return (path if path.is_dir() else path.parent).resolve()
+
+
+def _refusal(state: FolderState, overwrite: bool) -> str | None:
+    """Why a run may not start in (or be copied into) ``state.run_dir``, or None."""
+    run_dir = state.run_dir
+    if state.foreign:
+        shown = ", ".join(state.foreign[:4]) + (", ..." if len(state.foreign) > 4 else "")
+        return (
+            f"train.run_dir {run_dir} holds {shown}, which no run of this folder lists as its "
+            f"own ({MANIFEST}), and a run would write over them; move them or train into "
+            "another folder with train.run_dir=PATH (--overwrite deletes only a run's own files)"
+        )
+    if state.is_run and not overwrite:
+        shown = ", ".join(n for n in state.owned if n in _CHECKPOINTS)
+        return (
+            f"train.run_dir {run_dir} already holds a run ({shown}); continue it with --resume "
+            f"{run_dir}, train into another folder with train.run_dir=PATH, or pass --overwrite "
+            "to delete that run's files and start again (in Python: main(config, resume=...) "
+            "or overwrite=True)"
+        )
+    return None
+
+
+class RunFolder:
+    """The run folder of one start: its lock, what it holds, what must happen before training.
+
+    :meth:`claim` takes the lock and refuses what must be refused; :meth:`make_ready` deletes
+    (``--overwrite``, a start that saved no checkpoint) or copies (a resume into another folder)
+    once the caller has validated everything else; :meth:`release` drops the lock. Rank 0 does
+    the file work; every rank gets the same answers.
+    """
+
+    def __init__(self, run_dir: Path, ctx: dist_utils.DistributedContext) -> None:
+        self.run_dir = run_dir
+        self.ctx = ctx
+        self.lock = FolderLock(run_dir, "train", inside=True)
+        self.source_lock: FolderLock | None = None
+        self.state = FolderState(run_dir)
+        self.source: FolderState | None = None  # the run a resume into this folder copies
+        self.resume: Path | None = None
+
+    @classmethod
+    def claim(
+        cls,
+        run_dir: str | Path,
+        ctx: dist_utils.DistributedContext,
+        resume: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> RunFolder:
+        """Lock ``run_dir`` and check it may take this start; nothing is changed on disk."""
+        folder = cls(Path(run_dir), ctx)
+        problem = None
+        if ctx.is_main:
+            try:
+                problem = folder._claim(resume, overwrite)
+            except ValueError as err:  # a busy lock, a damaged list: every rank raises
+                problem = str(err)
+        problem = dist_utils.broadcast_object(problem, ctx)
+        if problem is not None:
+            folder.release()
+            raise RunExistsError(problem)
+        folder.resume = None if resume is None else Path(resume)
+        return folder
+
+    def _claim(self, resume: str | Path | None, overwrite: bool) -> str | None:
+        self.lock.acquire()
+        self.state = inspect_run_folder(self.run_dir)
+        resume_here = resume is not None and checkpoint_folder(resume) == self.run_dir.resolve()
+        if resume_here:
+            self.state = FolderState(self.run_dir)  # a resume continues the run: nothing goes
+            return None
+        source = None if resume is None else checkpoint_folder(resume)
+        if source is not None and source.is_dir():  # another folder: the run is copied here
+            self.source_lock = FolderLock(source, "train (copied)", inside=True).acquire()
+            self.source = inspect_run_folder(source)
+        return _refusal(self.state, overwrite)
+
+    def make_ready(self) -> Path | None:
+        """Delete what must go, copy what must come; return the checkpoint to resume from (the
+        copy's ``last.pt`` when the run was copied here), or None for a new run."""
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_orphan_temporaries(self.run_dir)
+            if self.state.owned:
+                removed = remove_run(self.state)
+                why = "--overwrite" if self.state.is_run else "a start that saved no checkpoint"
+                print(f"{why}: removed {len(removed)} files of the previous run in "
+                      f"{self.run_dir}", flush=True)  # fmt: skip
+            if self.source is not None and self.resume is not None:
+                checkpoint = self.resume if self.resume.is_file() else self.resume / "last.pt"
+                _copy_run(self.source, self.run_dir, checkpoint)
+                print(f"copied the run in {self.source.run_dir} to {self.run_dir}; it continues "
+                      f"there (the original is unchanged)", flush=True)  # fmt: skip
+            register_run_files(self.run_dir, run_file_names())
+        self.release_source()
+        dist_utils.barrier(self.ctx)
+        if self.resume is None or checkpoint_folder(self.resume) == self.run_dir.resolve():
+            return self.resume
+        return self.run_dir / "last.pt"
+
+    def release_source(self) -> None:
+        if self.source_lock is not None:
+            self.source_lock.release()
+            self.source_lock = None
+
+    def release(self) -> None:
+        self.release_source()
+        self.lock.release()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rankedlist.atomic_write import atomic_write_text
+from rankedlist.training.run_folder import register_run_files
 
 if TYPE_CHECKING:
     from rankedlist.training.run import Run
@@ -33,9 +34,12 @@ class RunLog:
         if run.config.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(
-                str(run.run_dir / "tensorboard"), purge_step=run.iteration or None
-            )
+            board = run.run_dir / "tensorboard"
+            before = set(board.glob("events.out.tfevents.*"))
+            self.writer = SummaryWriter(str(board), purge_step=run.iteration or None)
+            # The event file is the run's own: listed, --overwrite removes it (and only it).
+            mine = sorted(set(board.glob("events.out.tfevents.*")) - before)
+            register_run_files(run.run_dir, [f"tensorboard/{p.name}" for p in mine])
         if sys.stderr.isatty():  # a live bar for people, plain lines for log files
             from tqdm.auto import tqdm
 

@@ -10,9 +10,10 @@ uses lives in a module named after it:
    pruner stops the run there);
 4. ``test_and_report``: the test split once, ``metrics.json`` and the report.
 
-The objects of a run are :class:`~rankedlist.training.run.Run`; its folder's guards (an existing
-run, a resume with another recipe) are :mod:`~rankedlist.training.run_folder`. Logging,
-checkpoints and the report happen on rank 0 only; every collective runs on all ranks.
+The objects of a run are :class:`~rankedlist.training.run.Run`; its folder's guards (one writer,
+an existing run, what a resume continues) are :mod:`~rankedlist.training.run_folder`, a resume's
+recipe check :mod:`~rankedlist.training.resume_config`. Logging, checkpoints and the report
+happen on rank 0 only; every collective runs on all ranks.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ def main(
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
+    run = None
     try:
         if config.train.num_threads is not None and ctx.device.type == "cpu":
             torch.set_num_threads(config.train.num_threads)
@@ -255,6 +257,8 @@ def main(
         run, log = start_run(config, ctx, resume, overwrite, allow_config_change)
         return _train_test_report(run, log, stop_after, on_validation, test)
     finally:
+        if run is not None:  # the folder is free once the run (test and report too) is over
+            run.release_folder()
         run = None  # its DDP model holds the process group, which is destroyed below
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -276,10 +280,11 @@ def _train_test_report(run: Run, log: RunLog, stop_after, on_validation, test) -
     done = {"validation": validation, "best": dict(run.best), "checkpoint": last}
     if why is not None:  # a signal, stop_after or the hook: resume later
         log.close()
+        # A pruned run was stopped by its caller (a tuner), which says what happens next.
+        hint = "" if why == "pruned" else f". Resume with: rankedlist train --resume {last}"
         log.message(
             f"{f'interrupted by signal {signum}' if signum else why} at iteration "
-            f"{run.iteration}; checkpoint saved to {last}. Resume with: rankedlist train "
-            f"--resume {last}"
+            f"{run.iteration}; checkpoint saved to {last}{hint}"
         )
         return TrainResult(run.run_dir, why, run.iteration, signal=signum, **done)
 
