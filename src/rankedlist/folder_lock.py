@@ -85,7 +85,9 @@ class FolderLock:
                 ) from None
             except OSError:  # a file system without flock: run unlocked rather than refuse
                 pass
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:6]])
+        program = Path(sys.argv[0]).name
+        program = "rankedlist" if program in ("__main__.py", "-c", "") else program
+        command = " ".join([program, *sys.argv[1:6]])
         holder = f"pid {os.getpid()}: {self.what}, `{command}`, since {time.strftime('%H:%M:%S')}"
         try:
             os.ftruncate(fd, 0)
@@ -103,7 +105,11 @@ class FolderLock:
             os.ftruncate(fd, 0)  # no holder line outlives its holder
         except OSError:
             pass
-        os.close(fd)  # closing the descriptor drops the flock
+        if fcntl is not None:
+            # Unlock explicitly: a process forked while the lock was held (a loader worker)
+            # shares the descriptor, and closing ours alone would leave the lock with it.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
@@ -113,11 +119,16 @@ class FolderLock:
 
 
 def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-    except OSError:
-        text = ""
-    return text or "a process that is just starting"
+    # The holder writes its line just after taking the lock: wait a moment for it.
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text:
+            return text
+        time.sleep(0.01)
+    return "a process that is just starting"
 
 
 @contextmanager

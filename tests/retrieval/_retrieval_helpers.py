@@ -69,3 +69,9 @@ def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, classes, n)
     x = centres[labels] + 0.7 * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in ``folder``, sorted, without the index locks (``.NAME.lock``: the lock file
+    of ``rankedlist.folder_lock`` stays beside the folder it locks, by design)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.endswith(".lock"))

@@ -226,7 +226,14 @@ def test_a_damaged_faiss_file_names_itself(data, built, tmp_path, damage):
     else:
         built["hnsw"].save(tmp_path / "other")
         path.write_bytes((tmp_path / "other" / "index.faiss").read_bytes())
-        error, match = ValueError, "holds a IndexHNSWFlat, not the IndexIVFFlat of ivf"
+        # The checksums in meta.json catch it before faiss reads it.
+        error, match = ValueError, "index.faiss is corrupt or from another index"
     with pytest.raises(error, match=match) as info:
         EmbeddingIndex.load(folder)
     assert str(folder) in str(info.value) and "rebuild the index with" in str(info.value)
+    if damage == "other-index":  # an index saved without checksums: faiss's own check
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["checksums"]
+        (folder / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="holds a IndexHNSWFlat, not the IndexIVFFlat of ivf"):
+            EmbeddingIndex.load(folder)

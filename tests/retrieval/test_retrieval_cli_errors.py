@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from _retrieval_helpers import make_image_folder, write_checkpoint
+from _retrieval_helpers import listing, make_image_folder, write_checkpoint
 
 from rankedlist.cli.main import main as cli
 from rankedlist.retrieval import EmbeddingIndex, build_index_from_checkpoint
@@ -252,7 +252,7 @@ def test_a_full_disk_while_saving_names_out_and_keeps_the_old_index(
     assert line.startswith(f"error: could not write the index to {out} (No space left on device")
     assert "free disk space or choose another --out" in line
     assert (out / "embeddings.npy").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folder left
+    assert listing(tmp_path) == ["idx"]  # no temporary folder left
 
 
 # ---------------------------------------------------------------- 4. unreadable images

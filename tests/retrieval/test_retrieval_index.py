@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _retrieval_helpers import listing
 
 from rankedlist.retrieval import EmbeddingIndex
 from rankedlist.retrieval import embedding_index as ei
@@ -151,7 +152,7 @@ def test_save_load_round_trip(tmp_path):
     index.add(rng.normal(size=(1, 6)), ["new.png"], labels=[0])
     index.save(out)
     assert len(EmbeddingIndex.load(out)) == 8
-    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    assert listing(tmp_path) == ["idx"]
 
 
 def test_interrupted_save_keeps_the_previous_index_and_no_partial_folder(tmp_path, monkeypatch):
@@ -170,7 +171,7 @@ def test_interrupted_save_keeps_the_previous_index_and_no_partial_folder(tmp_pat
     with pytest.raises(OSError, match="disk full"):
         bigger.save(tmp_path / "fresh")  # a first save leaves nothing at all
     monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    assert listing(tmp_path) == ["idx"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
     assert EmbeddingIndex.load(tmp_path / "idx").items == ["a", "b", "c"]
 
@@ -190,7 +191,7 @@ def test_failed_swap_puts_the_previous_index_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename failed"):
         EmbeddingIndex(np.eye(2), ["x", "y"]).save(tmp_path / "idx")
     monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    assert listing(tmp_path) == ["idx"]
     assert EmbeddingIndex.load(tmp_path / "idx").items == ["a", "b"]
 
 

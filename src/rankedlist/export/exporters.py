@@ -9,7 +9,10 @@ supported one; it emits opset 18 or newer), falling back to the TorchScript-base
 a model cannot be captured by ``torch.export``. Opset 18 is the oldest the supported exporter
 writes, so the file runs on the widest range of runtimes (onnxruntime >= 1.14, TensorRT,
 OpenVINO); nothing these models use needs a newer one. The contract is stored in
-``metadata_props`` under :data:`~rankedlist.export.input_contract.METADATA_KEY`.
+``metadata_props`` under :data:`~rankedlist.export.input_contract.METADATA_KEY`, and the
+fingerprint of the exported weights under
+:data:`~rankedlist.models.fingerprint.ONNX_METADATA_KEY` (the checkpoint's own fingerprint, so an
+index built with either refuses a query embedded by another model).
 
 TorchScript: ``torch.jit.trace`` of ``embed`` (a trace records these models exactly: their
 control flow depends only on the fixed input size), the contract as the extra file
@@ -114,9 +117,13 @@ def export_onnx(
         ValueError: neither exporter can export the model (the message has both reasons).
     """
     from rankedlist.extras import require
+    from rankedlist.models.fingerprint import ONNX_METADATA_KEY, model_fingerprint
 
     onnx = require("onnx", "export", "ONNX export")
     require("onnxscript", "export", "ONNX export")
+    # The weights' fingerprint, taken before export touches the model: an index built with the
+    # ONNX file then knows it for the checkpoint's model (rankedlist.models.fingerprint).
+    fingerprint = model_fingerprint(model)
     wrapper = EmbedOnly(model)
     example = _example(contract)
     proto = None
@@ -155,7 +162,11 @@ def export_onnx(
                 ) from second
             proto = onnx.load_from_string(buffer.getvalue())
     contract = {**contract, "export": {**contract.get("export", {}), "exporter": exporter}}
-    ours = {METADATA_KEY: json.dumps(contract), SUMMARY_KEY: _summary(contract)}
+    ours = {
+        METADATA_KEY: json.dumps(contract),
+        SUMMARY_KEY: _summary(contract),
+        ONNX_METADATA_KEY: fingerprint,
+    }
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in ours]
     del proto.metadata_props[:]
     for key, value in [*kept, *ours.items()]:

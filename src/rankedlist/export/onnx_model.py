@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,20 @@ class OnnxEmbeddingModel:
         contract: its input contract (see :mod:`rankedlist.export.input_contract`).
         input_style, input_size: the contract's ``build_transform`` style and image size.
         embedding_dim: D, the size of one embedding.
+        fingerprint: the exported weights' fingerprint from the file's metadata (the one of the
+            checkpoint it was exported from), else ``"file:"`` + the sha256 of the file (see
+            :mod:`rankedlist.models.fingerprint`).
     """
 
     training = False
 
-    def __init__(self, path: Path, session: Any, contract: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, session: Any, contract: dict[str, Any], fingerprint: str = ""
+    ) -> None:
         self.path = path
         self.session = session
         self.contract = contract
+        self.fingerprint = fingerprint
         self.input_style: str = contract["transform_style"]
         self.input_size: int = int(contract["image_size"])
         self.input_name: str = session.get_inputs()[0].name
@@ -128,7 +135,8 @@ def load_onnx_model(path: str | os.PathLike) -> OnnxEmbeddingModel:
             "embedding model takes one float tensor [N, 3, H, W] of images and returns one "
             f"[N, D] of embeddings; {_EXPORT_HINT}"
         )
-    contract = _contract(path, session.get_modelmeta().custom_metadata_map)
+    metadata = session.get_modelmeta().custom_metadata_map
+    contract = _contract(path, metadata)
     size = int(contract["image_size"])
     height, width = inputs[0].shape[2], inputs[0].shape[3]
     fixed = [s for s in (height, width) if isinstance(s, int)]
@@ -137,7 +145,21 @@ def load_onnx_model(path: str | os.PathLike) -> OnnxEmbeddingModel:
             f"{path} takes {height} x {width} images but its input contract says "
             f"{size} x {size}: the contract belongs to another model; {_EXPORT_HINT}"
         )
-    return OnnxEmbeddingModel(path, session, contract)
+    return OnnxEmbeddingModel(path, session, contract, _fingerprint(path, metadata))
+
+
+def _fingerprint(path: Path, metadata: dict[str, str]) -> str:
+    """The weights' fingerprint that ``rankedlist export`` wrote, else the file's sha256."""
+    from rankedlist.models.fingerprint import (
+        FINGERPRINT_LENGTH,
+        ONNX_METADATA_KEY,
+        file_fingerprint,
+    )
+
+    written = metadata.get(ONNX_METADATA_KEY, "")
+    if re.fullmatch(f"[0-9a-f]{{{FINGERPRINT_LENGTH}}}", written):
+        return written
+    return file_fingerprint(path)  # exported before fingerprints, or by another tool
 
 
 def _contract(path: Path, metadata: dict[str, str]) -> dict[str, Any]:

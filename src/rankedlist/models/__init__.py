@@ -9,6 +9,7 @@ whose ``embed`` gives the fused, L2-normalised test-time embedding.
 from rankedlist.models.bn_inception import BNINCEPTION_URL, BNInception
 from rankedlist.models.embedding_head import POOLINGS, EmbeddingHead, global_pool
 from rankedlist.models.embedding_model import EmbeddingModel
+from rankedlist.models.fingerprint import file_fingerprint, model_fingerprint
 from rankedlist.models.glyph_net import GlyphNet
 from rankedlist.models.multi_level_head import MultiLevelHead
 from rankedlist.models.pretrained import LoadReport, PretrainedWeightsError
@@ -25,7 +26,9 @@ __all__ = [
     "POOLINGS",
     "PretrainedWeightsError",
     "create_model",
+    "file_fingerprint",
     "global_pool",
     "list_models",
+    "model_fingerprint",
     "register_model",
 ]

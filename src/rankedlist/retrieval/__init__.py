@@ -3,7 +3,9 @@
 * :class:`EmbeddingIndex`: named, L2-normalised embeddings searched exactly (cosine,
   ``rankedlist.evaluation.nearest_neighbors``) or approximately (faiss ``ivf`` / ``hnsw``,
   :mod:`~rankedlist.retrieval.index_methods`), atomic ``save`` / ``load`` of an index folder
-  (:mod:`~rankedlist.retrieval.index_files`), ``add`` without rebuilding.
+  (:mod:`~rankedlist.retrieval.index_files`: the files and their checksums;
+  :mod:`~rankedlist.retrieval.index_swap`: the swap, its one-writer lock and the recovery after
+  a kill), ``add`` without rebuilding.
 * :func:`embed_images` / :func:`list_images`: image files or a dataset -> embeddings.
 * :func:`load_model_from_checkpoint`: a training run's model with its test transform;
   :func:`open_index_model`: that, or an exported ONNX model run by onnxruntime.

@@ -88,7 +88,8 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Embed every image under --images with the index's model and append them "
         "to the index, without rebuilding it (an ivf index keeps its trained lists, an hnsw "
         "index inserts them into its graph). An index with labels labels the new images by "
-        "their class sub-folder.",
+        "their class sub-folder. One build or add per index at a time: a second one is refused "
+        "with the process that holds the index.",
     )
     add.add_argument("--index", required=True, help="an index folder from `index build`")
     add.add_argument("--images", required=True, help="the folder of images to add")
@@ -96,6 +97,7 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument(
         "--skip-corrupt", action="store_true", help="leave out unreadable images with a warning"
     )
+    _add_other_model_option(add)
     _add_runtime_options(add)
     add.set_defaults(index_handler=cmd_index_add)
 
@@ -122,6 +124,7 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="skip unreadable query images with a warning (by default one is an error)",
     )
+    _add_other_model_option(search)
     _add_runtime_options(search)
     search.set_defaults(index_handler=cmd_index_search)
     return index
@@ -137,6 +140,15 @@ def _add_model_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "--model",
         help="an ONNX file from `rankedlist export` that embeds the images with onnxruntime "
         f"(needs pip install 'rankedlist[export]'){default}",
+    )
+
+
+def _add_other_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="embed with --checkpoint / --model even when its weights are not those that built "
+        "the index (by default refused: the similarities would mean nothing)",
     )
 
 

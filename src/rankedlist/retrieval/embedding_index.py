@@ -11,7 +11,8 @@ the speed / recall knob at search time. ``auto`` (the default) is exact below
 :data:`~rankedlist.retrieval.index_methods.AUTO_EXACT_BELOW` items.
 
 :meth:`EmbeddingIndex.save` writes an index folder atomically and :meth:`EmbeddingIndex.load`
-reads it back, checked (the files: :mod:`rankedlist.retrieval.index_files`).
+reads it back, checked (the files: :mod:`rankedlist.retrieval.index_files`; the atomic write, its
+lock and the recovery after a kill: :mod:`rankedlist.retrieval.index_swap`).
 """
 
 from __future__ import annotations
@@ -34,16 +35,23 @@ from rankedlist.retrieval.index_files import (
     META_FILE,
     check_index_arrays,
     check_index_destination,
+    file_checksums,
+    index_not_found,
     read_json,
     read_meta,
     read_npy,
     rebuild_hint,
-    write_index_folder,
+    verify_checksums,
     write_json,
     write_npy,
 )
 from rankedlist.retrieval.index_inputs import as_items, as_labels, as_matrix, normalize
 from rankedlist.retrieval.index_methods import SearchMethod
+from rankedlist.retrieval.index_swap import (
+    folder_identity,
+    settle_index_folder,
+    write_index_folder,
+)
 
 __all__ = [
     "EmbeddingIndex",
@@ -62,6 +70,7 @@ _OWN_META = (
     "has_labels",
     "saved",
     "search_method",
+    "checksums",
 )
 
 
@@ -326,17 +335,29 @@ class EmbeddingIndex:
         and fsynced in a temporary folder beside ``folder``, which then takes its place (an
         existing index there is replaced; a folder that is not an index is refused rather than
         deleted, see :func:`check_index_destination`). If anything fails the temporary folder
-        is removed and the previous index, if any, is left as it was.
+        is removed and the previous index, if any, is left as it was; a process killed during
+        the save leaves the old index or the new one (the next open settles which). ``meta.json``
+        records the size and sha256 of every file, which :meth:`load` checks.
+
+        Holds the folder's lock while it writes
+        (:func:`~rankedlist.retrieval.index_swap.index_lock`): raises
+        :class:`~rankedlist.folder_lock.FolderBusyError` (a ValueError) when another process is
+        writing the index.
         """
 
         def write(tmp: Path) -> None:
             write_npy(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(self._embeddings))
             write_json(tmp / ITEMS_FILE, self._items)
+            files = [EMBEDDINGS_FILE, ITEMS_FILE]
             if self._labels is not None:
                 write_npy(tmp / LABELS_FILE, self._labels)
+                files.append(LABELS_FILE)
             if self._method.approximate:
                 self._method.write(tmp / FAISS_FILE)
-            write_json(tmp / META_FILE, self._meta_for_file())
+                files.append(FAISS_FILE)
+            meta = self._meta_for_file()
+            meta["checksums"] = file_checksums(tmp, files)
+            write_json(tmp / META_FILE, meta)  # last: the folder is complete once it exists
 
         return write_index_folder(folder, write)
 
@@ -358,8 +379,14 @@ class EmbeddingIndex:
         }
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, mmap: bool | None = None) -> EmbeddingIndex:
+    def load(
+        cls, folder: str | os.PathLike, mmap: bool | None = None, verify: bool = True
+    ) -> EmbeddingIndex:
         """Read an index written by :meth:`save`.
+
+        Takes no lock: a save by another process may run meanwhile (the index read is the one
+        before it or after it). What a killed save left beside the folder is settled first
+        (:func:`~rankedlist.retrieval.index_swap.recover_index_folder`).
 
         Args:
             folder: the index folder.
@@ -367,18 +394,35 @@ class EmbeddingIndex:
                 indexes; the file is never modified. ``None`` (default): map it for an
                 approximate index, whose faiss index holds the rows it searches, and read it
                 for an exact one.
+            verify: check every file against the size and sha256 that ``meta.json`` recorded
+                at the save (this reads each file in full, a memory-mapped one too), before
+                faiss reads ``index.faiss``. An index saved before checksums were recorded is
+                accepted unchecked.
 
         Raises:
             FileNotFoundError: the folder or one of its files is missing (named in the message).
             ValueError: a file is truncated, corrupt or not part of an index, or the files
-                disagree (sizes, dimension); the message names the file and how to rebuild the
-                index.
+                disagree (sizes, dimension, checksums); the message names the file and how to
+                rebuild the index.
         """
         folder = Path(folder)
+        settle_index_folder(folder)
+        for attempt in range(3):
+            before = folder_identity(folder)
+            try:
+                index = cls._read(folder, mmap, verify)
+            except (ValueError, OSError):
+                if attempt < 2 and folder_identity(folder) != before:
+                    continue  # a save swapped the folder while it was read: read the new one
+                raise
+            if folder_identity(folder) == before:
+                break
+        return index
+
+    @classmethod
+    def _read(cls, folder: Path, mmap: bool | None, verify: bool) -> EmbeddingIndex:
         if not folder.is_dir():
-            raise FileNotFoundError(
-                f"index folder {folder} not found; build one with `rankedlist index build`"
-            )
+            raise index_not_found(folder)
         meta: dict[str, Any] | None = None
         for name in (META_FILE, EMBEDDINGS_FILE, ITEMS_FILE):
             if not (folder / name).is_file():
@@ -413,6 +457,8 @@ class EmbeddingIndex:
                     f"corrupt or was not written by rankedlist ({fix}; or pass the array to "
                     "EmbeddingIndex(...) to normalise it)"
                 )
+        if verify:  # before faiss reads index.faiss: damaged vectors gave similarities of 1e36
+            verify_checksums(folder, meta, fix)
         method = SearchMethod.from_meta(
             meta.get("search_method"), folder / FAISS_FILE, emb.shape[0], emb.shape[1], fix
         )

@@ -18,7 +18,12 @@ import numpy as np
 
 from rankedlist.retrieval.embed_images import embed_images, list_images
 from rankedlist.retrieval.embedding_index import EmbeddingIndex, Match
-from rankedlist.retrieval.index_models import IndexModel, model_for_index, open_index_model
+from rankedlist.retrieval.index_models import (
+    IndexModel,
+    check_index_model,
+    model_for_index,
+    open_index_model,
+)
 
 __all__ = ["add_images", "build_index", "build_index_from_checkpoint", "search_images"]
 
@@ -118,11 +123,14 @@ def add_images(
     progress: bool = True,
     skip_corrupt: bool = False,
     index_name: str | os.PathLike | None = None,
+    allow_other_model: bool = False,
 ) -> int:
     """Embed every image under ``images_folder`` and append it to ``index`` (without rebuilding
     an approximate index: see :meth:`EmbeddingIndex.add`). Returns the number added.
 
-    The model is the index's own unless ``checkpoint`` / ``model_file`` is given. Items under
+    The model is the index's own unless ``checkpoint`` / ``model_file`` is given; a model with
+    other weights than the index's is refused unless ``allow_other_model`` (see
+    :func:`~rankedlist.retrieval.index_models.check_index_model`). Items under
     the index's ``images_root`` are named relative to it, others by their absolute path. An
     index with labels labels the new images by their class sub-folder: a known class name gets
     its label, a new one the next label (appended to ``meta["classes"]``).
@@ -130,7 +138,9 @@ def add_images(
     root = Path(images_folder)
     if not list_images(root):
         raise ValueError(f"no image files found under {root}")
-    model = model_for_index(index, checkpoint, model_file, device, index_name)
+    model = model_for_index(
+        index, checkpoint, model_file, device, index_name, allow_other_model=allow_other_model
+    )
     emb, paths = _embed_folder(
         model,
         root,
@@ -186,6 +196,7 @@ def search_images(
     skip_corrupt: bool = False,
     nprobe: int | None = None,
     ef: int | None = None,
+    allow_other_model: bool = False,
 ) -> list[list[Match]]:
     """Embed query images and return each one's ``k`` nearest items of ``index``.
 
@@ -200,6 +211,8 @@ def search_images(
         k: neighbours per query (cut to the index size).
         skip_corrupt: leave out unreadable query images with a warning instead of raising.
         nprobe, ef: the approximate index's search setting (default: the index's own).
+        allow_other_model: embed with a model whose weights are not the index's (a warning);
+            by default that is refused with a ValueError, as its similarities mean nothing.
 
     Returns:
         One list of :class:`Match` per query, most similar first; with ``skip_corrupt`` an
@@ -212,7 +225,23 @@ def search_images(
     if isinstance(model, str | os.PathLike):
         is_onnx = Path(model).suffix.lower() == ".onnx"
         model = model_for_index(
-            index, None if is_onnx else model, model if is_onnx else None, device
+            index,
+            None if is_onnx else model,
+            model if is_onnx else None,
+            device,
+            allow_other_model=allow_other_model,
+        )
+    elif isinstance(model, IndexModel):
+        if model.checked_for is not index:
+            check_index_model(
+                index, model.meta.get("model_fingerprint"), (model.source,), model.option,
+                allow_other_model=allow_other_model,
+            )  # fmt: skip
+    else:
+        net = model.model if isinstance(model, CheckpointModel) else model
+        path = getattr(model, "checkpoint", None) or getattr(model, "path", None)
+        check_index_model(
+            index, _fingerprint(net), (path or repr(net),), allow_other_model=allow_other_model
         )
     if isinstance(model, CheckpointModel | IndexModel):
         net, transform = model.model, model.transform
@@ -240,3 +269,14 @@ def search_images(
     for row, matches in zip(kept.tolist(), found, strict=True):
         results[row] = matches
     return results
+
+
+def _fingerprint(net: Any) -> str | None:
+    """The fingerprint of a model object: a torch module's weights, or an ONNX model's own."""
+    import torch
+
+    from rankedlist.models.fingerprint import model_fingerprint
+
+    if isinstance(net, torch.nn.Module):
+        return model_fingerprint(net)
+    return getattr(net, "fingerprint", None)

@@ -92,26 +92,29 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     """
     from rankedlist.retrieval import images_to_index
     from rankedlist.retrieval.index_files import check_index_destination
+    from rankedlist.retrieval.index_swap import index_lock
 
     params = _method_params(args)
     try:
         check_index_destination(args.out)
     except OSError as err:
         raise type(err)(f"--out: {err}") from err
-    index = images_to_index.build_index(
-        args.images,
-        checkpoint=args.checkpoint,
-        model_file=args.model,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        skip_corrupt=args.skip_corrupt,
-        labels_from_folders=args.labels_from_folders,
-        method=args.method,
-        **params,
-    )
-    out = _save(index, args.out)
+    # One writer per index: a second build or add of --out is refused at once, naming us.
+    with index_lock(args.out, "index build"):
+        index = images_to_index.build_index(
+            args.images,
+            checkpoint=args.checkpoint,
+            model_file=args.model,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            skip_corrupt=args.skip_corrupt,
+            labels_from_folders=args.labels_from_folders,
+            method=args.method,
+            **params,
+        )
+        out = _save(index, args.out)
     model = index.meta.get("model_file") or index.meta["checkpoint"]
     print(
         f"indexed {len(index)} images ({index.dim}-d) from {args.images} with {model} into "
@@ -143,25 +146,38 @@ def _print_self_retrieval(index: Any) -> None:
 
 def cmd_index_add(args: argparse.Namespace) -> int:
     """``rankedlist index add``: embed ``--images`` with the index's model and append them to
-    ``--index`` (an approximate index keeps its structure: nothing is retrained)."""
+    ``--index`` (an approximate index keeps its structure: nothing is retrained).
+
+    The index's lock is held from the read to the save, so two adds at once cannot both read
+    the old index and each save it with only their own images: the second is refused with one
+    line naming the index and the process that is adding to it.
+    """
     from rankedlist.retrieval import images_to_index
     from rankedlist.retrieval.embedding_index import EmbeddingIndex
+    from rankedlist.retrieval.index_files import index_not_found
+    from rankedlist.retrieval.index_swap import index_lock, settle_index_folder
 
-    index = EmbeddingIndex.load(args.index)
-    before = len(index)
-    added = images_to_index.add_images(
-        index,
-        args.images,
-        checkpoint=args.checkpoint,
-        model_file=args.model,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        skip_corrupt=args.skip_corrupt,
-        index_name=args.index,
-    )
-    out = _save(index, args.index)
+    folder = Path(args.index)
+    settle_index_folder(folder)  # an index a killed save left hidden is put back first
+    if not folder.is_dir():  # no lock file is made beside a mistyped path
+        raise index_not_found(folder)
+    with index_lock(folder, "index add"):
+        index = EmbeddingIndex.load(folder)
+        before = len(index)
+        added = images_to_index.add_images(
+            index,
+            args.images,
+            checkpoint=args.checkpoint,
+            model_file=args.model,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            skip_corrupt=args.skip_corrupt,
+            index_name=args.index,
+            allow_other_model=args.allow_other_model,
+        )
+        out = _save(index, args.index)
     print(
         f"added {added} images from {args.images} to {out}: {before} -> {len(index)} items "
         f"({_describe_method(index)})"
@@ -213,7 +229,9 @@ def cmd_index_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--k must be at least 1, got {args.k}")
     index = EmbeddingIndex.load(args.index)
     setting = _check_search_setting(index, args)
-    model = model_for_index(index, args.checkpoint, args.model, args.device, args.index)
+    model = model_for_index(
+        index, args.checkpoint, args.model, args.device, args.index, args.allow_other_model
+    )
     files = _query_files(args.queries)
     results = search_images(
         index,
@@ -235,7 +253,7 @@ def cmd_index_search(args: argparse.Namespace) -> int:
             label = "" if m.label is None else f"  [{_class_name(index, m.label)}]"
             print(f"  {rank:>3}  {m.similarity:.4f}  {m.item}{label}")
     if args.json_out:
-        _write_json(args.json_out, files, results)
+        _write_json(args.json_out, files, results, index.meta.get("classes"))
     if args.picture and files:
         from rankedlist.retrieval.search_picture import save_search_picture
 
@@ -257,7 +275,11 @@ def cmd_index_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(path: str, files: list[Path], results: list[list[Any]]) -> None:
+def _write_json(
+    path: str, files: list[Path], results: list[list[Any]], classes: list[str] | None
+) -> None:
+    """Each query and its hits; a hit's ``label`` is its class name (``null`` without one) and
+    ``label_id`` the number ``labels.npy`` stores."""
     payload = [
         {
             "query": str(q),
@@ -267,7 +289,8 @@ def _write_json(path: str, files: list[Path], results: list[list[Any]]) -> None:
                     "item": m.item,
                     "path": str(m.path),
                     "similarity": m.similarity,
-                    "label": m.label,
+                    "label": _label_name(classes, m.label),
+                    "label_id": m.label,
                 }  # fmt: skip
                 for r, m in enumerate(hits, 1)
             ],
@@ -282,6 +305,12 @@ def _write_json(path: str, files: list[Path], results: list[list[Any]]) -> None:
             f"could not write --json {path} ({os_reason(err)}); free disk space or choose "
             "another path"
         ) from err
+
+
+def _label_name(classes: list[str] | None, label: int | None) -> str | None:
+    if label is None or not classes or not 0 <= label < len(classes):
+        return None
+    return str(classes[label])
 
 
 def _class_name(index: Any, label: int) -> str:

@@ -1,4 +1,4 @@
-"""The files of an index folder: their names, checked reads, and the atomic folder write.
+"""The files of an index folder: their names, their checksums, and checked reads.
 
 An index folder holds::
 
@@ -7,28 +7,28 @@ An index folder holds::
     labels.npy       N int64 (only when the index has labels)
     index.faiss      the approximate search structure (only for the ivf and hnsw methods),
                      written by faiss's own ``write_index``
-    meta.json        format, version, embedding_dim, num_items, search_method, created, ...
+    meta.json        format, version, embedding_dim, num_items, search_method, created, the
+                     model's fingerprint, and the size and sha256 of each file above
+                     ("checksums", checked on every load)
 
-:func:`write_index_folder` writes the files into a temporary folder beside the target, which
-then replaces it, so an interrupted save leaves the previous index intact and no partial folder
-behind. Every read names the file that is wrong and says how to rebuild the index.
+How a folder is written (atomically, one writer at a time) and recovered after a kill is
+:mod:`rankedlist.retrieval.index_swap`. Every read names the file that is wrong and says how to
+rebuild the index.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shlex
-import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from rankedlist.atomic_write import current_umask, fsync_dir
 
 __all__ = [
     "EMBEDDINGS_FILE",
@@ -40,11 +40,13 @@ __all__ = [
     "META_FILE",
     "check_index_arrays",
     "check_index_destination",
+    "file_checksums",
+    "index_not_found",
     "read_json",
     "read_meta",
     "read_npy",
     "rebuild_hint",
-    "write_index_folder",
+    "verify_checksums",
     "write_json",
     "write_npy",
 ]
@@ -82,26 +84,74 @@ def write_npy(path: Path, arr: np.ndarray) -> None:
         os.fsync(fh.fileno())
 
 
-def write_index_folder(folder: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary folder beside ``folder``, then make it ``folder``.
+def file_checksums(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes": size, "sha256": hex}}`` of the files ``names`` in ``folder``."""
+    return {
+        name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+        for name in names
+    }
 
-    An existing index there is replaced; a folder that is not an index is refused rather than
-    deleted (see :func:`check_index_destination`). If anything fails the temporary folder is
-    removed and the previous index, if any, is left as it was.
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(folder: Path, meta: Mapping[str, Any], fix: str) -> None:
+    """Each file that ``meta["checksums"]`` lists has the size and sha256 recorded at the save.
+
+    A file that is missing is left to the check that needs it (it says why it is needed). An
+    index saved before checksums were recorded has none: it is accepted unchecked (hashing it
+    now would only confirm whatever it holds), and its next save records them.
+
+    Raises:
+        ValueError: a file differs, or the checksums entry itself is damaged; the message names
+            the file and how to rebuild the index.
     """
-    folder = check_index_destination(folder)
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; an index is not
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(parent)
-    return folder
+    sums = meta.get("checksums")
+    if sums is None:
+        return
+    ok = isinstance(sums, dict) and all(
+        name in INDEX_FILES - {META_FILE}
+        and isinstance(entry, dict)
+        and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("bytes"), int)
+        for name, entry in sums.items()
+    )
+    if not ok:
+        raise ValueError(
+            f'{folder / META_FILE} has a damaged "checksums" entry (it was edited by hand or '
+            f"is corrupt); {fix}"
+        )
+    for name, entry in sorted(sums.items()):
+        path = folder / name
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if size < entry["bytes"]:
+            raise ValueError(
+                f"{path} is truncated or corrupt ({size:,} bytes of the {entry['bytes']:,} the "
+                f"index saved); {fix}"
+            )
+        if size != entry["bytes"]:
+            raise ValueError(
+                f"{path} is corrupt or from another index ({size:,} bytes, but the index saved "
+                f"{entry['bytes']:,}); {fix}"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise ValueError(
+                f"{path} is corrupt: its sha256 differs from the one {META_FILE} recorded when "
+                f"the index was saved (the file was damaged or changed since); {fix}"
+            )
+
+
+def index_not_found(folder: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"index folder {folder} not found; build one with `rankedlist index build`"
+    )
 
 
 def check_index_destination(folder: str | os.PathLike) -> Path:
@@ -142,12 +192,16 @@ def check_index_destination(folder: str | os.PathLike) -> Path:
             "another output folder"
         )
     try:  # os.access() is wrong for root and for read-only mounts; try it
-        os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".check", dir=base))
+        probe = tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".check", dir=base)
     except OSError as err:
         raise type(err)(
             f"cannot write the index folder {folder}: {base} is not writable "
             f"({err.strerror or err}); choose another output folder"
         ) from err
+    try:
+        os.rmdir(probe)
+    except FileNotFoundError:  # a writer's recovery removed it as a leftover: no matter
+        pass
     return folder
 
 
@@ -226,7 +280,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
             f"{path} lacks {', '.join(repr(k) for k in missing)}: it is damaged or was edited "
             f"by hand; {fix}"
         )
-    optional = {"checkpoint": str, "model_file": str, "images_root": str, "search_method": dict}
+    optional = {
+        "checkpoint": str,
+        "model_file": str,
+        "images_root": str,
+        "search_method": dict,
+        "checksums": dict,
+        "model_fingerprint": str,
+    }
     for key, kind in {**wanted, **optional}.items():
         value = meta.get(key)
         ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
@@ -286,24 +347,3 @@ def check_index_arrays(
             f"{folder / META_FILE} says embedding_dim {meta['embedding_dim']} but "
             f"{EMBEDDINGS_FILE} has {emb.shape[1]} columns ({fix})"
         )
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move the folder ``new`` to ``target``, replacing an existing ``target``.
-
-    ``os.replace`` cannot move a folder over a non-empty one, so the old index is first renamed
-    aside (same parent, so both renames are atomic) and removed only once the new one is in
-    place; if the second rename fails the old one is put back.
-    """
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rmdir(old)  # only the unique name is wanted
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -3,8 +3,12 @@ file (onnxruntime), each with the test-time transform the model expects.
 
 :func:`open_index_model` opens either; :func:`model_for_index` picks the one to embed queries or
 new images of an existing index with: the one given, else the one the index records (its
-``meta["checkpoint"]`` or ``meta["model_file"]``), warning when a given one differs from the
-index's.
+``meta["checkpoint"]`` or ``meta["model_file"]``). An index records the fingerprint of its
+model's weights (:mod:`rankedlist.models.fingerprint`; an ONNX export carries its checkpoint's):
+a model with other weights (another training run of the same architecture, a checkpoint file
+overwritten since) is refused with one line, since its similarities to the index's embeddings
+would mean nothing, unless ``allow_other_model`` (``--allow-other-model``) forces it, with a
+warning. An index from before fingerprints is compared by the models' paths, with a warning.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IndexModel", "model_for_index", "open_index_model"]
+__all__ = ["IndexModel", "check_index_model", "model_for_index", "open_index_model"]
 
 
 @dataclass
@@ -34,6 +38,8 @@ class IndexModel:
     source: Path
     option: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The index :func:`model_for_index` checked this model against (not checked again).
+    checked_for: Any = field(default=None, repr=False, compare=False)
 
 
 def open_index_model(
@@ -51,11 +57,13 @@ def open_index_model(
     if (checkpoint is None) == (model_file is None):
         raise ValueError("pass either a checkpoint (--checkpoint) or an ONNX file (--model)")
     if checkpoint is not None:
+        from rankedlist.models.fingerprint import model_fingerprint
         from rankedlist.training.checkpoint_model import load_model_from_checkpoint
 
         loaded = load_model_from_checkpoint(checkpoint, device)
         meta = {
             "checkpoint": str(loaded.checkpoint.resolve()),
+            "model_fingerprint": model_fingerprint(loaded.model),
             "iteration": loaded.iteration,
             "model_spec": dict(getattr(loaded.model, "spec", {})),
             "input_style": loaded.model.input_style,
@@ -83,6 +91,7 @@ def open_index_model(
     size = int(contract["image_size"])
     meta = {
         "model_file": str(path.resolve()),
+        "model_fingerprint": onnx_model.fingerprint,
         "input_style": contract["transform_style"],
         "image_size": size,
         "input_contract": contract,
@@ -100,15 +109,17 @@ def model_for_index(
     model_file: str | os.PathLike | None = None,
     device: str = "auto",
     index_name: str | os.PathLike | None = None,
+    allow_other_model: bool = False,
 ) -> IndexModel:
     """The model that embeds queries or new images for ``index``.
 
     The given ``checkpoint`` or ``model_file``, else the one the index was built with. Raises
-    when the index records none or it is gone (saying which option to pass); warns when the
-    given model is not the index's (similarities then mean nothing).
+    when the index records none or it is gone (saying which option to pass), and when the model
+    is not the index's (see :func:`check_index_model`).
     """
     name = index_name or "the index"
-    if checkpoint is None and model_file is None:
+    given = checkpoint is not None or model_file is not None
+    if not given:
         recorded_file, recorded_ckpt = index.meta.get("model_file"), index.meta.get("checkpoint")
         if recorded_file is not None:
             model_file, option, recorded = recorded_file, "--model", recorded_file
@@ -123,19 +134,84 @@ def model_for_index(
                 f"the model {recorded} that built {name} is gone: pass {option} with the same "
                 "model (or its export), or rebuild the index"
             )
-        return open_index_model(checkpoint, model_file, device)
     opened = open_index_model(checkpoint, model_file, device)
+    paths = (opened.source, opened.meta.get("exported_from"))
+    check_index_model(
+        index, opened.meta.get("model_fingerprint"), paths, opened.option, name, given,
+        allow_other_model,
+    )  # fmt: skip
+    opened.checked_for = index
+    return opened
+
+
+def check_index_model(
+    index: Any,
+    fingerprint: str | None,
+    paths: tuple[str | os.PathLike | None, ...],
+    option: str = "--checkpoint",
+    index_name: str | os.PathLike | None = None,
+    given: bool = True,
+    allow_other_model: bool = False,
+) -> None:
+    """Refuse a model whose weights are not those that built ``index``.
+
+    ``fingerprint`` is the model's (:func:`rankedlist.models.fingerprint.model_fingerprint`, or
+    an ONNX file's), ``paths`` the files it comes from (the first one names it), ``option`` the
+    command-line option that passes it, ``given`` whether the user passed it (else it is the
+    model the index records, which may have changed on disk since).
+
+    Two fingerprints of weights, or two of files, are compared: a difference raises ValueError
+    (one line: the model, the index, the fix), or with ``allow_other_model`` warns. A weights
+    fingerprint against a file one (an index built from an ONNX file exported before
+    fingerprints), or an index from before fingerprints, cannot be compared: the models' paths
+    are, and a given model at another path warns as before.
+    """
+    name = index_name or "the index"
+    source = paths[0]
+    recorded = index.meta.get("model_fingerprint")
     built_with = index.meta.get("model_file") or index.meta.get("checkpoint")
+    if _comparable(recorded, fingerprint):
+        if recorded == fingerprint:
+            return
+        if allow_other_model:
+            warnings.warn(
+                f"{name} was built with {built_with or 'another model'} (model fingerprint "
+                f"{recorded}) but these images are embedded with {source} ({fingerprint}); "
+                "similarities are only meaningful with the same model",
+                stacklevel=3,
+            )
+            return
+        force = "pass --allow-other-model (allow_other_model=True in Python) to use it anyway"
+        if not given:
+            raise ValueError(
+                f"the model {source} that built {name} has changed since (model fingerprint "
+                f"{fingerprint}, the index records {recorded}), so its embeddings do not match "
+                f"the index's; pass {option} with the model that built the index, rebuild the "
+                f"index with `rankedlist index build`, or {force}"
+            )
+        raise ValueError(
+            f"{source} is not the model that built {name} ({built_with or 'unrecorded'}): its "
+            f"model fingerprint is {fingerprint}, the index's {recorded}, so the similarities "
+            f"between them would mean nothing; leave out {option} to use the index's own model, "
+            f"rebuild the index with this one (`rankedlist index build`), or {force}"
+        )
+    if not given:
+        return
     ours = _identities(index.meta.get("model_file"), index.meta.get("checkpoint"))
     ours |= _identities(index.meta.get("exported_from"))
-    theirs = _identities(opened.source, opened.meta.get("exported_from"))
-    if built_with is not None and not ours & theirs:
+    if built_with is not None and not ours & _identities(*paths):
         warnings.warn(
             f"{name} was built with {built_with} but these images are embedded with "
-            f"{opened.source}; similarities are only meaningful with the same model",
-            stacklevel=2,
+            f"{source}; similarities are only meaningful with the same model",
+            stacklevel=3,
         )
-    return opened
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    """Both are fingerprints of the same kind (of weights, or of files)."""
+    from rankedlist.models.fingerprint import FILE_FINGERPRINT_PREFIX as FILE
+
+    return isinstance(a, str) and isinstance(b, str) and a.startswith(FILE) == b.startswith(FILE)
 
 
 def _identities(*paths: str | os.PathLike | None) -> set[str]:
