@@ -320,3 +320,33 @@ def test_a_run_is_recognised_with_or_without_its_file_list(tmp_path, capsys, sta
     assert "already holds a run" in error_line(capsys)
     assert train_cli(run, "train.iterations=3", "--overwrite") == 0
     assert steps(run) == [1, 2, 3]
+
+
+def test_a_run_says_which_images_it_skipped_and_lists_them(tmp_path, capsys):
+    from PIL import Image
+
+    rows, rng = ["path,label,split"], torch.Generator().manual_seed(0)
+    for c in range(12):
+        for i in range(3):
+            name = f"imgs/{c}_{i}.png"
+            pixels = torch.randint(0, 256, (24, 24, 3), generator=rng, dtype=torch.uint8)
+            (tmp_path / "imgs").mkdir(exist_ok=True)
+            Image.fromarray(pixels.numpy()).save(tmp_path / name)
+            rows.append(f"{name},{c},{'train' if c < 8 else 'test'}")
+    (tmp_path / "imgs" / "1_2.png").write_bytes(b"not an image")  # train
+    (tmp_path / "imgs" / "9_0.png").unlink()  # test
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    code = train_cli(
+        run, "train.iterations=2", "data.dataset=csv", f"data.root={tmp_path / 'list.csv'}",
+        "data.p=4", "data.options={skip_corrupt: true}",
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Warning" not in captured.err and "dataset.skipped" not in captured.err
+    listing = run / "skipped_images.txt"
+    assert f"skipped 1 unreadable image of the train split (listed in {listing})" in captured.out
+    assert f"skipped 1 unreadable image of the test split (listed in {listing})" in captured.out
+    lines = [line.split("\t") for line in listing.read_text().splitlines()]
+    assert [(s, Path(p).name) for s, p, _ in lines] == [("train", "1_2.png"), ("test", "9_0.png")]
+    assert "skipped_images.txt" in json.loads((run / "run_files.json").read_text())["files"]
