@@ -177,7 +177,8 @@ def _memory_step(spec: dict, x, labels, hyper: dict, device):
             (x @ gallery.T).backward(grad_out)
 
         return step
-    bank = MemoryBank(m, DIM).to(device)
+    # memory_size counts the batch too (XBM's meaning): M earlier rows need a bank of M + B.
+    bank = MemoryBank(m + b, DIM).to(device)
     for start in range(0, m, 4096):  # filled in slices: no M x D transient before the baseline
         rows = torch.nn.functional.normalize(torch.randn(min(4096, m - start), DIM), dim=1)
         bank.enqueue(

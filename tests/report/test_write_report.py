@@ -237,47 +237,34 @@ def test_missing_run_dir(tmp_path):
         )
 
 
-class _FullDisk:
-    """A file that takes ``room`` more bytes (or characters), then fails as a full disk does."""
-
-    def __init__(self, fh, room: int) -> None:
-        self._fh, self._room = fh, room
-
-    def write(self, data):
-        if len(data) > self._room:
-            self._fh.write(data[: self._room])  # the part that fitted stays in the file
-            self._room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._room -= len(data)
-        return self._fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self._fh.__exit__(*exc)
-
-
 def _fill_disk_while_writing(monkeypatch, name: str, room: int = 64) -> None:
     """Every write through ``rankedlist.atomic_write`` to the file ``name`` runs out of space
-    after ``room`` bytes; the other files are written normally."""
-    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    after ``room`` bytes (the part that fitted stays in the temporary file, as on a real disk);
+    the other files are written normally."""
+    real_mkstemp = tempfile.mkstemp
     temporaries: dict[int, str] = {}
+    left = {"room": room}
 
     def mkstemp(*args, **kwargs):
         fd, tmp = real_mkstemp(*args, **kwargs)
         temporaries[fd] = os.path.basename(tmp)
         return fd, tmp
 
-    def fdopen(fd, *args, **kwargs):
-        fh = real_fdopen(fd, *args, **kwargs)
-        return _FullDisk(fh, room) if temporaries.get(fd, "").startswith(f".{name}.") else fh
+    real_write = atomic_write_module._TemporaryFile._write
+
+    def write(self, data):
+        if not temporaries.get(self.fileno(), "").startswith(f".{name}."):
+            return real_write(self, data)
+        data = memoryview(data).cast("B")
+        if len(data) > left["room"]:
+            real_write(self, data[: left["room"]])
+            left["room"] = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        left["room"] -= len(data)
+        return real_write(self, data)
 
     monkeypatch.setattr(atomic_write_module, "tempfile", SimpleNamespace(mkstemp=mkstemp))
-    monkeypatch.setattr(atomic_write_module.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic_write_module._TemporaryFile, "_write", write)
 
 
 @pytest.mark.parametrize("name", ["metrics.json", "recall_at_k.png", "report.md"])
