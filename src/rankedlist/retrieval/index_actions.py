@@ -103,13 +103,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     with index_lock(args.out, "index build"):
         index = images_to_index.build_index(
             args.images,
-            checkpoint=args.checkpoint,
-            model_file=args.model,
-            batch_size=args.batch_size,
-            device=args.device,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-            skip_corrupt=args.skip_corrupt,
+            **_embedding_options(args),
             labels_from_folders=args.labels_from_folders,
             method=args.method,
             **params,
@@ -122,6 +116,19 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     )
     _print_self_retrieval(index)
     return 0
+
+
+def _embedding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How ``build`` and ``add`` embed images: the model and the loader."""
+    return {
+        "checkpoint": args.checkpoint,
+        "model_file": args.model,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "progress": not args.no_progress,
+        "skip_corrupt": args.skip_corrupt,
+    }
 
 
 def _save(index: Any, out: str) -> Path:
@@ -167,13 +174,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
         added = images_to_index.add_images(
             index,
             args.images,
-            checkpoint=args.checkpoint,
-            model_file=args.model,
-            batch_size=args.batch_size,
-            device=args.device,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-            skip_corrupt=args.skip_corrupt,
+            **_embedding_options(args),
             index_name=args.index,
             allow_other_model=args.allow_other_model,
         )
