@@ -1,15 +1,24 @@
-"""Search spaces: the shipped ones load for every loss, a --space file overrides them, and every
-unknown parameter or bad range is an error that names it (before any trial runs)."""
+"""Search spaces: every loss searches the same shared dimensions plus its own shipped ones, a
+--space file overrides them, and every unknown parameter or bad range is an error that names it
+(before any trial runs)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from _tune_helpers import GLYPHS, REPO, run_cli
 
 from rankedlist.training.config import load_config
-from rankedlist.tune.space import load_space, shipped_space_path, values_to_overrides
+from rankedlist.tune.space import (
+    SHARED_DIMENSIONS,
+    describe_space,
+    load_space,
+    shipped_space_path,
+    values_to_overrides,
+)
 
 pytest.importorskip("optuna")
 
@@ -27,10 +36,10 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("config", "names"),
     [
-        ("glyphs", {"lr", "margin", "gap", "Tn", "lam", "k"}),
-        ("glyphs_contrastive", {"lr", "pos_margin", "neg_margin"}),
-        ("glyphs_triplet", {"lr", "margin"}),
-        ("glyphs_ms", {"lr", "alpha", "beta", "base"}),
+        ("glyphs", {"lr", "k", "margin", "gap", "Tn", "lam"}),
+        ("glyphs_contrastive", {"lr", "k", "pos_margin", "neg_margin"}),
+        ("glyphs_triplet", {"lr", "k", "margin"}),
+        ("glyphs_ms", {"lr", "k", "alpha", "beta", "base"}),
     ],
 )
 def test_the_shipped_spaces_load_for_the_glyph_recipes(config, names):
@@ -38,11 +47,68 @@ def test_the_shipped_spaces_load_for_the_glyph_recipes(config, names):
     assert set(space.params) == names
     lr = space.params["lr"]  # relative: x the recipe's optim.lr (0.002)
     assert (lr.low, lr.high, lr.log) == pytest.approx((0.0004, 0.01, True))
+    assert space.params["k"].choices == (2, 4, 8)  # the splits of the batch of 32 x 4 = 128
+
+
+SHIPPED_LOSSES = sorted(p.stem for p in shipped_space_path("rll").parent.glob("*.yaml"))
+
+
+def test_every_shipped_loss_searches_the_same_shared_dimensions():
+    """Read from the spaces as built for the glyph recipe (batch 32 x 4, optim.lr 0.002), not
+    from the YAML text: lr and k have the same spec and the same bound range for every loss."""
+    assert {"rll", "contrastive", "triplet", "multi_similarity", "proxy_anchor"} <= set(
+        SHIPPED_LOSSES
+    )
+    described = {
+        loss: describe_space(load_space(recipe(f"loss.name={loss}", "loss.params={}")))
+        for loss in SHIPPED_LOSSES
+    }
+    lr = {"sets": "optim.lr", "shared": True, "kind": "float", "log": True,
+          "spec": {"low": 0.2, "high": 5.0, "log": True, "relative": True}}  # fmt: skip
+    k = {"sets": "data.k, data.p", "shared": True, "kind": "categorical", "choices": [2, 4, 8],
+         "spec": {"choices": [2, 3, 4, 6, 8]}}  # fmt: skip
+    for loss, dims in described.items():
+        assert list(dims)[:2] == ["lr", "k"], loss
+        assert {n for n, d in dims.items() if d["shared"]} == {"lr", "k"}, loss
+        assert dims["lr"]["low"] == pytest.approx(0.2 * 0.002) and dims["lr"]["high"] == 0.01
+        assert {key: v for key, v in dims["lr"].items() if key not in ("low", "high")} == lr
+        assert dims["k"] == k, loss
+        assert dims["lr"] == described["rll"]["lr"], loss  # identical, bound values included
+    assert {n for n in SHARED_DIMENSIONS} == {"lr", "k"}
+    # Each shipped file keeps only its loss's own parameters.
+    for loss in SHIPPED_LOSSES:
+        own = yaml.safe_load(shipped_space_path(loss).read_text())["parameters"]
+        assert not set(own) & set(SHARED_DIMENSIONS), loss
+        assert set(described[loss]) == {"lr", "k", *own}, loss
+    assert json.loads(json.dumps(described)) == described  # plain values
+
+
+def test_a_space_file_may_override_a_shared_dimension_which_is_then_not_shared(tmp_path):
+    space = load_space(
+        recipe(), write(tmp_path, "parameters:\n  lr: {low: 1.0e-3, high: 2.0e-3, log: true}\n")
+    )
+    dims = describe_space(space)
+    assert dims["lr"]["shared"] is False and (dims["lr"]["low"], dims["lr"]["high"]) == (
+        0.001,
+        0.002,
+    )
+    assert dims["k"]["shared"] is True and dims["margin"]["shared"] is False
+    only = load_space(recipe(), write(tmp_path, "replace: true\nparameters:\n  k: null\n"
+                                      "  Tn: {low: 1, high: 5}\n"))  # fmt: skip
+    assert list(only.params) == ["Tn"] and only.shared == ()
+
+
+def test_the_shared_k_is_left_out_when_no_choice_splits_the_batch():
+    """A recipe whose batch none of the shared choices divides (5 x 7 = 35) keeps its own split
+    (a --space file's k with no fitting choice stays an error: see the bad-space cases)."""
+    space = load_space(recipe("data.p=5", "data.k=7"))
+    assert "k" not in space.params and "lr" in space.params
+    assert any(n.startswith("k: not searched (none of the choices") for n in space.notes)
 
 
 def test_proxy_anchor_searches_the_proxy_learning_rate():
     space = load_space(recipe("loss.name=proxy_anchor", "loss.params={}"))
-    assert set(space.params) == {"lr", "margin", "alpha", "optim.loss_lr_multiplier"}
+    assert set(space.params) == {"lr", "k", "margin", "alpha", "optim.loss_lr_multiplier"}
     for loss in ("rll", "contrastive", "triplet", "multi_similarity", "proxy_anchor"):
         assert shipped_space_path(loss).is_file()
 
@@ -69,7 +135,7 @@ def test_a_space_file_overrides_adds_and_drops(tmp_path):
     only = load_space(
         recipe(), write(tmp_path, "replace: true\nparameters:\n  lam: {low: 0.5, high: 2}\n")
     )
-    assert list(only.params) == ["lam"]
+    assert list(only.params) == ["lam"]  # replace: the shared dimensions go too
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,8 @@ def test_the_study_runs_its_trials_then_tests_the_best_once(study):
     assert all(t["run_dir"].endswith(f"trials/0000{t['number']}") for t in trials)
     for t in trials:  # each trial trained once, in its own folder, without checkpoints
         names = {p.name for p in (out / "trials" / f"0000{t['number']}").iterdir()}
-        assert names - {"run_files.json"} == {"config.yaml", "metrics.jsonl"}  # the run's list
+        # (besides the run's list of its files and the run folder's lock)
+        assert names - {"run_files.json", ".rankedlist.lock"} == {"config.yaml", "metrics.jsonl"}
     s = load_study(out / "study.journal", "e2e")
     assert len(s.trials) == 3
     assert all(t.intermediate_values for t in s.trials)  # each reported while it trained

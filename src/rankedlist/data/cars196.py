@@ -38,7 +38,7 @@ class Cars196(ImageListDataset):
     Args:
         root: the folder holding ``cars_annos.mat`` and ``car_ims/``.
         split: ``"train"`` (classes 1-98, minus val), ``"val"`` or ``"test"`` (classes 99-196).
-        transform, val_fraction, check_counts, expected_counts, skip_corrupt: as for
+        transform, val_fraction, check_counts, expected_counts, skip_corrupt, val_fold: as for
             :class:`rankedlist.data.cub200.CUB200`.
     """
 
@@ -51,6 +51,7 @@ class Cars196(ImageListDataset):
         check_counts: bool = True,
         expected_counts: Mapping[str, tuple[int, int | None]] | None = None,
         skip_corrupt: bool = False,
+        val_fold: int = 0,
     ) -> None:
         from scipy.io import loadmat  # scipy.io is a slow import; only Cars needs it
 
@@ -80,7 +81,9 @@ class Cars196(ImageListDataset):
         names: dict[int, str] = {}
         if "class_names" in mat:
             names = {i + 1: str(n) for i, n in enumerate(np.atleast_1d(mat["class_names"]))}
-        rows = select_class_split(split, train_mask, test_mask, keys, val_fraction, "Cars196")
+        rows = select_class_split(
+            split, train_mask, test_mask, keys, val_fraction, "Cars196", val_fold
+        )
         idx = np.flatnonzero(rows)
         labels, used = remap_to_contiguous(keys[idx])
         super().__init__(

@@ -185,6 +185,7 @@ class CSVDataset(ImageListDataset):
         test_fraction: share of the classes forming ``test`` when there is no ``split`` column.
         image_root: the folder relative paths start from (default: the CSV's folder).
         skip_corrupt: decode all images now and skip unreadable ones with a warning.
+        val_fold: which disjoint set of val classes (0: the default; see :mod:`.splits`).
     """
 
     def __init__(
@@ -196,6 +197,7 @@ class CSVDataset(ImageListDataset):
         test_fraction: float = 0.5,
         image_root: str | os.PathLike | None = None,
         skip_corrupt: bool = False,
+        val_fold: int = 0,
     ) -> None:
         if root is None:
             raise ValueError("csv needs root=PATH of a CSV file with columns path,label[,split]")
@@ -227,13 +229,15 @@ class CSVDataset(ImageListDataset):
                 selected = tags == "val"
             else:
                 selected = select_class_split(
-                    split, tags == "train", tags == "test", keys, val_fraction, where
+                    split, tags == "train", tags == "test", keys, val_fraction, where, val_fold
                 )
         else:
             train_mask, test_mask = class_fraction_split(keys, test_fraction)
             tags = np.where(train_mask, "train", "test")
             _check_disjoint(csv_path, lines, rows, paths, tags, None)
-            selected = select_class_split(split, train_mask, test_mask, keys, val_fraction, where)
+            selected = select_class_split(
+                split, train_mask, test_mask, keys, val_fraction, where, val_fold
+            )
         idx = np.flatnonzero(selected)
         if len(idx) == 0:
             raise ValueError(f"csv: the {split!r} split of {csv_path} holds no images")

@@ -59,6 +59,7 @@ class CUB200(ImageListDataset):
         split: ``"train"`` (classes 1-100, minus val), ``"val"`` or ``"test"`` (classes 101-200).
         transform: applied to the RGB PIL image.
         val_fraction: share of the training classes moved to ``val`` (see :mod:`.splits`).
+        val_fold: which disjoint set of val classes (0: the default; see :mod:`.splits`).
         check_counts: compare the split sizes with the published ones.
         expected_counts: replace the published counts (``{"train": (images, classes), ...}``).
         skip_corrupt: decode all images now and skip unreadable ones with a warning.
@@ -73,6 +74,7 @@ class CUB200(ImageListDataset):
         check_counts: bool = True,
         expected_counts: Mapping[str, tuple[int, int | None]] | None = None,
         skip_corrupt: bool = False,
+        val_fold: int = 0,
     ) -> None:
         base = resolve_dir(root, "CUB-200-2011", CUB_LAYOUT, CUB_URL)
         if (base / "CUB_200_2011" / "images.txt").is_file():
@@ -109,7 +111,9 @@ class CUB200(ImageListDataset):
         else:  # the class folder name, e.g. 001.Black_footed_Albatross
             for rel, k in zip(relpaths, keys, strict=True):
                 names.setdefault(int(k), rel.split("/")[0])
-        rows = select_class_split(split, train_mask, test_mask, keys, val_fraction, "CUB-200-2011")
+        rows = select_class_split(
+            split, train_mask, test_mask, keys, val_fraction, "CUB-200-2011", val_fold
+        )
         idx = np.flatnonzero(rows)
         labels, used = remap_to_contiguous(keys[idx])
         super().__init__(

@@ -227,6 +227,7 @@ class GlyphDataset(LabeledImageDataset):
         characters: the candidate characters (default :data:`DEFAULT_CHARACTERS`).
         min_instances: drop characters rendered by fewer fonts than this.
         val_fraction: share of the training classes moved to ``val``.
+        val_fold: which disjoint set of val classes (0: the default; see :mod:`.splits`).
         cache_dir: the cache folder; renders go to its ``glyphs`` sub-folder, created when
             missing (default :func:`default_cache_dir`).
         use_cache: read and write the cache.
@@ -251,6 +252,7 @@ class GlyphDataset(LabeledImageDataset):
         use_cache: bool = True,
         ambiguity_threshold: float = 0.03,
         ambiguity_fraction: float = 0.5,
+        val_fold: int = 0,
     ) -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"glyphs: unknown split {split!r}; use 'train', 'val' or 'test'")
@@ -276,7 +278,7 @@ class GlyphDataset(LabeledImageDataset):
         test_classes = kept_arr[1::2]
         is_test = np.isin(cps, test_classes)
         rows = select_class_split(
-            split, in_kept & ~is_test, in_kept & is_test, cps, val_fraction, "glyphs"
+            split, in_kept & ~is_test, in_kept & is_test, cps, val_fraction, "glyphs", val_fold
         )
         idx = np.flatnonzero(rows)
         self.labels, used = remap_to_contiguous(cps[idx])

@@ -81,6 +81,7 @@ class ImageFolderDataset(ImageListDataset):
             folder has no ``train``/``test`` sub-folders.
         extensions: accepted file extensions (lower case, with the dot).
         skip_corrupt: decode all images now and skip unreadable ones with a warning.
+        val_fold: which disjoint set of val classes (0: the default; see :mod:`.splits`).
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class ImageFolderDataset(ImageListDataset):
         test_fraction: float = 0.5,
         extensions: Iterable[str] = IMG_EXTENSIONS,
         skip_corrupt: bool = False,
+        val_fold: int = 0,
     ) -> None:
         base = resolve_dir(root, "image folder", FOLDER_LAYOUT, "your own data")
         if split not in _SPLIT_DIRS:
@@ -123,7 +125,7 @@ class ImageFolderDataset(ImageListDataset):
                 keys = np.array(tr_keys + te_keys)
                 train_mask = np.arange(len(keys)) < len(tr_keys)
                 rows = select_class_split(
-                    split, train_mask, ~train_mask, keys, val_fraction, f"folder {base}"
+                    split, train_mask, ~train_mask, keys, val_fraction, f"folder {base}", val_fold
                 )
         else:
             paths, keys_list = _scan_classes(base, extensions)
@@ -135,7 +137,7 @@ class ImageFolderDataset(ImageListDataset):
                 )
             train_mask, test_mask = class_fraction_split(keys, test_fraction)
             rows = select_class_split(
-                split, train_mask, test_mask, keys, val_fraction, f"folder {base}"
+                split, train_mask, test_mask, keys, val_fraction, f"folder {base}", val_fold
             )
         idx = np.flatnonzero(rows)
         if len(idx) == 0:

@@ -74,7 +74,7 @@ class InShop(ImageListDataset):
     Args:
         root: the folder holding ``Eval/`` and ``Img/``.
         split: ``"train"``, ``"val"``, ``"query"`` or ``"gallery"``.
-        transform, val_fraction, check_counts, skip_corrupt: as for
+        transform, val_fraction, check_counts, skip_corrupt, val_fold: as for
             :class:`rankedlist.data.cub200.CUB200`.
         expected_counts: replace the published counts; keys ``train``, ``query``, ``gallery`` and
             ``test`` (query and gallery together; its class count is the number of test items).
@@ -89,6 +89,7 @@ class InShop(ImageListDataset):
         check_counts: bool = True,
         expected_counts: Mapping[str, tuple[int, int | None]] | None = None,
         skip_corrupt: bool = False,
+        val_fold: int = 0,
     ) -> None:
         if split == "test":
             raise ValueError(
@@ -122,7 +123,9 @@ class InShop(ImageListDataset):
             labels = np.searchsorted(test_items, keys[idx]).astype(np.int64)
             classes = test_items.tolist()
         else:
-            rows = select_class_split(split, masks["train"], None, keys, val_fraction, "In-Shop")
+            rows = select_class_split(
+                split, masks["train"], None, keys, val_fraction, "In-Shop", val_fold
+            )
             idx = np.flatnonzero(rows)
             labels, classes = remap_to_contiguous(keys[idx])
         super().__init__(

@@ -66,7 +66,7 @@ class StanfordOnlineProducts(ImageListDataset):
     Args:
         root: the folder holding ``Ebay_train.txt``, ``Ebay_test.txt`` and the category folders.
         split: ``"train"`` (Ebay_train, minus val), ``"val"`` or ``"test"`` (Ebay_test).
-        transform, val_fraction, check_counts, expected_counts, skip_corrupt: as for
+        transform, val_fraction, check_counts, expected_counts, skip_corrupt, val_fold: as for
             :class:`rankedlist.data.cub200.CUB200`.
 
     Attributes:
@@ -82,6 +82,7 @@ class StanfordOnlineProducts(ImageListDataset):
         check_counts: bool = True,
         expected_counts: Mapping[str, tuple[int, int | None]] | None = None,
         skip_corrupt: bool = False,
+        val_fold: int = 0,
     ) -> None:
         name = "Stanford Online Products"
         base = resolve_dir(root, name, SOP_LAYOUT, SOP_URL)
@@ -113,7 +114,9 @@ class StanfordOnlineProducts(ImageListDataset):
         keys = np.concatenate([tr_keys, te_keys])
         supers = np.concatenate([tr_super, te_super])
         train_mask = np.arange(len(keys)) < len(tr_keys)
-        rows = select_class_split(split, train_mask, ~train_mask, keys, val_fraction, name)
+        rows = select_class_split(
+            split, train_mask, ~train_mask, keys, val_fraction, name, val_fold
+        )
         idx = np.flatnonzero(rows)
         labels, used = remap_to_contiguous(keys[idx])
         super().__init__(

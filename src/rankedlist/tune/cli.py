@@ -29,7 +29,7 @@ DESCRIPTION = (
 #: The options whose next word is their value (never a KEY=VALUE override).
 VALUE_OPTIONS = (
     "--config", "-c", "--trials", "--study", "--storage", "--out", "--space", "--timeout",
-    "--metric", "--pruner", "--seed",
+    "--metric", "--pruner", "--seed", "--folds",
 )  # fmt: skip
 
 
@@ -76,6 +76,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
     parser.add_argument(
+        "--folds", type=int, default=1, metavar="F",
+        help="class-disjoint validation folds carved from the training classes (default 1); each "
+        "trial trains once per fold and its objective is the folds' mean (F x data.val_fraction "
+        "must be <= 1; Musgrave et al. use 4)",
+    )  # fmt: skip
+    parser.add_argument(
         "--search-only", action="store_true",
         help="stop after the N trials (best.yaml, trials.csv, report); run again without it to "
         "train the best and test it",
@@ -101,6 +107,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         pruner=args.pruner,
         seed=args.seed,
         search_only=args.search_only,
+        folds=args.folds,
     )
 
 

@@ -28,7 +28,9 @@ _TEST_COLUMNS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"),
 def trial_rows(study: Any, param_names: list[str]) -> list[dict[str, Any]]:
     """One flat row per trial of the study (all workers'), by trial number."""
     rows = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    folds = any("fold_values" in t.user_attrs or "fold_run_dirs" in t.user_attrs for t in trials)
+    for t in trials:
         state = _STATES.get(t.state.name, t.state.name.lower())
         if t.user_attrs.get("surplus"):
             state = "surplus"
@@ -51,6 +53,15 @@ def trial_rows(study: Any, param_names: list[str]) -> list[dict[str, Any]]:
                 "best_iteration": t.user_attrs.get("best_iteration"),
                 "seconds": None if seconds is None else round(seconds, 1),
                 **{f"param_{n}": t.params.get(n) for n in param_names},
+                **(
+                    {
+                        "fold_values": " ".join(
+                            f"{v:.6g}" for v in t.user_attrs.get("fold_values", [])
+                        )
+                    }
+                    if folds
+                    else {}
+                ),
                 "overrides": " ".join(t.user_attrs.get("overrides", [])),
                 "run_dir": t.user_attrs.get("run_dir", ""),
                 "worker": t.user_attrs.get("worker", ""),
@@ -115,9 +126,7 @@ def _markdown(setup, best, final, rows, scores, why, files) -> str:
         f"{s.train.iterations} iterations each, sampler TPE (seed {setup.options.seed}), pruner "
         f"{setup.options.pruner}, storage `{setup.storage_name}`.",
         "",
-        f"**Objective**: the validation {setup.metric} (maximised; the best validation of each "
-        f"trial) on a class-disjoint split of {s.data.val_fraction:g} of the training classes "
-        "(`data.val_fraction`). The test split was not read during the search.",
+        _objective_text(setup),
         "",
         f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} "
         f"failed (not counted; their values re-run); {sum(seconds):.0f} s of trial time in all.",
@@ -132,10 +141,20 @@ def _markdown(setup, best, final, rows, scores, why, files) -> str:
     for name, text in setup.space.describe().items():
         target, _, rng = text.partition(": ")
         lines.append(f"| `{name}` | {target} | {rng} |")
+    shared = getattr(setup.space, "shared", ())
+    if shared:
+        names = ", ".join(f"`{n}`" for n in shared)
+        lines.append(
+            f"\n{names}: searched by every loss with the same spec (the shared dimensions)."
+        )
     lines += [*(f"\n{note}." for note in setup.space.notes), "", "## Best configuration", ""]
+    where = f"at iteration {best.user_attrs.get('best_iteration')}"
+    if "fold_values" in best.user_attrs:
+        where = "the mean of the folds' " + ", ".join(
+            f"{v:.4f}" for v in best.user_attrs["fold_values"]
+        )
     lines += [
-        f"Trial {best.number}: val {setup.metric} **{best.value:.4f}** at iteration "
-        f"{best.user_attrs.get('best_iteration')}; overrides: "
+        f"Trial {best.number}: val {setup.metric} **{best.value:.4f}** {where}; overrides: "
         f"`{' '.join(best.user_attrs.get('overrides', []))}`.",
         "",
         "`best.yaml` is the complete recipe (run it with `rankedlist train --config "
@@ -178,6 +197,26 @@ def _markdown(setup, best, final, rows, scores, why, files) -> str:
         cells += [_num(row["seconds"]), str(row["note"]).replace("|", "/")[:80]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _objective_text(setup: Any) -> str:
+    fraction, metric = setup.search.data.val_fraction, setup.metric
+    folds = getattr(setup.options, "folds", 1)
+    if folds > 1:
+        how = (
+            f"the mean over {folds} validation folds (`--folds`) of each fold's best validation) "
+            f"on {folds} class-disjoint splits of {fraction:g} of the training classes each "
+            f"(`data.val_fraction`, `data.options.val_fold` 0 to {folds - 1})"
+        )
+    else:
+        how = (
+            "the best validation of each trial) on a class-disjoint split of "
+            f"{fraction:g} of the training classes (`data.val_fraction`)"
+        )
+    return (
+        f"**Objective**: the validation {metric} (maximised; {how}. The test split was not read "
+        "during the search."
+    )
 
 
 def _pct(value: Any) -> str:
@@ -245,7 +284,8 @@ def _curves(study: Any, best: Any, metric: str, path: Path) -> Path | None:
             ax.plot(steps, values, color="#999999", lw=1, ls="--")
         else:
             ax.plot(steps, values, color="#1f77b4", lw=1, alpha=0.6)
-    ax.set_xlabel("iteration")
+    folds = any("fold_values" in t.user_attrs for t in trials)
+    ax.set_xlabel("iteration (the folds one after another)" if folds else "iteration")
     ax.set_ylabel(f"val {metric}")
     ax.set_title("Validation during training")
     ax.legend(loc="lower right", fontsize=8)

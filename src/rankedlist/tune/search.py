@@ -3,12 +3,17 @@
 1. The recipe (a path or a recipe name) with its overrides, set up for the search: a
    class-disjoint validation split (``data.val_fraction`` 0.2 when the recipe has none),
    ``train.select_metric`` = the objective, a validation every ``train.iterations / 5``
-   iterations when the recipe has none, no TensorBoard, no report;
-2. the search space (:mod:`rankedlist.tune.space`), checked at both ends of every range; the
-   choices of ``k`` whose P = batch / k exceeds the classes of the search's training split are
-   left out (a note says which), and with no ``k`` searched the recipe's ``data.p`` must fit;
-3. the study (:mod:`rankedlist.tune.study`), created or joined; a study whose best was tested
-   already (:func:`rankedlist.tune.final.refuse_a_second_test`) takes no more trials;
+   iterations when the recipe has none, no TensorBoard, no report; with ``folds`` F > 1, F
+   class-disjoint validation splits (``data.options.val_fold`` 0 to F-1, F x
+   ``data.val_fraction`` <= 1), each trial trained once per fold, its objective the folds' mean;
+2. the search space (:mod:`rankedlist.tune.space`: the shared ``lr`` and ``k`` and the loss's
+   own), checked at both ends of every range; the choices of ``k`` whose P = batch / k exceeds
+   the classes of the search's training split are left out (a note says which), and with no
+   ``k`` searched the recipe's ``data.p`` must fit;
+3. the storage (a database URL is connected to here: an unreachable one is a ``ValueError``
+   before anything runs) and the study (:mod:`rankedlist.tune.study`), created or joined; a
+   study whose best was tested already (:func:`rankedlist.tune.final.refuse_a_second_test`)
+   takes no more trials;
 4. trials until the study has N (:mod:`rankedlist.tune.trials`), ``--timeout`` or a signal;
 5. when all N are done: the best configuration trained once more and tested, ``best.yaml``,
    ``trials.csv`` and ``report.md`` (:mod:`rankedlist.tune.final`).
@@ -60,6 +65,7 @@ class TuneOptions:
     pruner: str = "median"
     seed: int = 0
     search_only: bool = False
+    folds: int = 1
 
 
 @dataclass
@@ -105,6 +111,12 @@ def prepare(options: TuneOptions) -> Setup:
         raise ValueError(f"--trials {options.trials!r}: give the study's total, an integer >= 1")
     if options.timeout is not None and not options.timeout > 0:
         raise ValueError(f"--timeout {options.timeout!r}: give seconds > 0 (or leave it out)")
+    folds = options.folds
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ValueError(
+            f"--folds {folds!r}: give the number of validation folds, an integer >= 1 "
+            "(1: one validation split; 4: the folds of Musgrave et al.)"
+        )
     path = find_recipe(options.config)
     recipe = load_config(path, list(options.overrides))
     metric = options.metric or (
@@ -128,11 +140,23 @@ def prepare(options: TuneOptions) -> Setup:
             "train.report=false",
         ],
     )
+    fraction = search.data.val_fraction
+    if folds > 1 and folds * fraction > 1.0 + 1e-9:
+        raise ValueError(
+            f"--folds {folds} x data.val_fraction {fraction:g} = {folds * fraction:g} of the "
+            f"training classes, but the {folds} validation folds must hold disjoint classes "
+            f"(at most all of them); use --folds <= {max(1, int(1.0 / fraction + 1e-9))} or "
+            f"data.val_fraction <= {1.0 / folds:.4g}"
+        )
     name = options.study or path.stem
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"--study {name!r}: give a plain name (letters, digits, - and _)")
     out = Path(options.out) if options.out is not None else Path("runs") / "tune" / name
-    classes = functools.cache(lambda: train_classes(search))
+    if folds > 1:  # every fold's split opened once up front: a fold the data refuses stops here
+        counts = {train_classes(fold_config(search, f, folds)) for f in range(folds)}
+        classes = functools.cache(lambda: min(counts))
+    else:
+        classes = functools.cache(lambda: train_classes(search))
     space = load_space(search, options.space, train_classes=classes)
     if "k" not in space.params and search.data.p > classes():
         raise ValueError(
@@ -141,6 +165,11 @@ def prepare(options: TuneOptions) -> Setup:
             "data.val_fraction), or search k (e.g. `k: {choices: [4, 8]}` in a --space file)"
         )
     return Setup(name, out, recipe, search, space, metric, "", options.trials, options)
+
+
+def fold_config(config: Config, fold: int, folds: int) -> Config:
+    """``config`` set up for validation fold ``fold`` of ``folds`` (unchanged with one fold)."""
+    return apply_overrides(config, [f"data.options.val_fold={fold}"]) if folds > 1 else config
 
 
 def train_classes(config: Config) -> int:
@@ -163,13 +192,15 @@ def tune(options: TuneOptions) -> TuneResult:
     setup = prepare(options)
     optuna = optuna_module()
     out = setup.out
+    storage, setup.storage_name, lock = open_storage(options.storage, out)  # before any output
     out.mkdir(parents=True, exist_ok=True)
-    storage, setup.storage_name, lock = open_storage(options.storage, out)
     described = {
         "recipe": _without_run_dir(setup.search.to_dict()),
         "space": setup.space.to_dict(),
         "metric": setup.metric,
     }
+    if options.folds > 1:  # (not recorded with one fold: studies made before --folds still join)
+        described["folds"] = options.folds
     eval_every = setup.search.train.eval_every
     study = open_study(
         setup.name,
@@ -185,7 +216,8 @@ def tune(options: TuneOptions) -> TuneResult:
     _say(
         f"study {setup.name!r} in {setup.storage_name}: {setup.n_trials} trials of "
         f"{setup.search.train.iterations} iterations, objective val {setup.metric} "
-        f"(data.val_fraction {setup.search.data.val_fraction:g}), space: {setup.space.source}"
+        f"(data.val_fraction {setup.search.data.val_fraction:g}{_folds_text(options.folds)}), "
+        f"space: {setup.space.source}"
     )
     for note in setup.space.notes:
         _say(note)
@@ -203,7 +235,9 @@ def tune(options: TuneOptions) -> TuneResult:
             trial = claim_trial(study, setup.n_trials, lock, options.seed)
             if trial is None:
                 break
-            outcome = run_trial(study, trial, setup.space, setup.search, out, setup.metric, guard)
+            outcome = run_trial(
+                study, trial, setup.space, setup.search, out, setup.metric, guard, options.folds
+            )
             write_trials_csv(study, setup, out / "trials.csv")
             if outcome.state == "interrupted":
                 status, signum = "interrupted", outcome.signum
@@ -225,6 +259,12 @@ def tune(options: TuneOptions) -> TuneResult:
             )
             return result
         return finish(study, setup, result, guard)
+
+
+def _folds_text(folds: int) -> str:
+    if folds <= 1:
+        return ""
+    return f"; the mean over {folds} class-disjoint validation folds, each trial trained {folds}x"
 
 
 def _stopped_message(status: str, signum: int | None, finished: int, n: int) -> str:

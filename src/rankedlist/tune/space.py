@@ -1,106 +1,81 @@
-"""Search spaces of ``rankedlist tune``: one shipped per loss, a ``--space`` file overrides them.
+"""Search spaces of ``rankedlist tune``: the shared dimensions, each loss's own, a ``--space`` file.
 
-A space is YAML (``rankedlist/tune/spaces/<loss>.yaml``)::
+Every loss searches the same shared dimensions (:data:`SHARED_DIMENSIONS`, defined here once, so
+that losses compared on one recipe get the same budget over them) plus its own hyper-parameters,
+shipped in ``rankedlist/tune/spaces/<loss>.yaml``::
 
     loss: rll                      # optional; must be the recipe's loss.name
-    replace: false                 # optional; true: this file is the whole space
+    replace: false                 # optional; true: this file is the whole space (no shared ones)
     parameters:
-      lr:     {low: 0.2, high: 5.0, log: true, relative: true}   # x the recipe's optim.lr
       margin: {low: 0.1, high: 0.8}
       gap:    {low: 0.3, high: 1.3}          # loss.params.alpha = margin + gap
-      k:      {choices: [2, 3, 4, 6, 8]}     # data.k; data.p = (the recipe's p x k) / k
       optim.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}   # any config key
 
-Parameter names: ``lr`` (``optim.lr``), ``k`` (the P/K split of the recipe's batch size: the
-choices that divide it, leaving p >= 2, are kept, and of those the ones whose P = batch / k fits
-the classes of the search's training split; the others are left out with a note), ``gap`` (RLL
-only: ``alpha = margin + gap``, the positive boundary; not together with ``alpha``), any parameter
-of the loss (``margin``, ``Tn``, ... go to ``loss.params``; the loss factory's names), or any
-dotted config key. A range is ``{low, high}`` (floats; ``type: int`` for integers) with optional
-``log`` and ``step``, or ``{choices: [...]}``; ``relative: true`` multiplies the range by the
-recipe's value. A ``--space`` file replaces the shipped range of each parameter it names, adds the
-others, and ``name: null`` drops one. An unknown parameter or a bad range is a ``ValueError``
-naming it.
+The shared dimensions: ``lr`` (``optim.lr``, ``{low: 0.2, high: 5.0, log: true, relative:
+true}``: 0.2 to 5 times the recipe's) and ``k`` (``{choices: [2, 3, 4, 6, 8]}``: the P/K split
+of the recipe's batch size, ``data.p = batch / k``; the choices that divide it, leaving p >= 2,
+are kept, and of those the ones whose P fits the classes of the search's training split; the
+others are left out with a note, and when none is left the shared ``k`` is not searched, the
+recipe's own split stays).
+
+Parameter names: ``lr``, ``k``, ``gap`` (RLL only: ``alpha = margin + gap``, the positive
+boundary; not together with ``alpha``), any parameter of the loss (``margin``, ``Tn``, ... go to
+``loss.params``; the loss factory's names), or any dotted config key. A range is ``{low, high}``
+(floats; ``type: int`` for integers) with optional ``log`` and ``step``, or ``{choices: [...]}``;
+``relative: true`` multiplies the range by the recipe's value. A ``--space`` file replaces the
+range of each parameter it names (shared or the loss's own), adds the others, and ``name: null``
+drops one; ``replace: true`` makes it the whole space. An unknown parameter or a bad range is a
+``ValueError`` naming it. :func:`describe_space` gives a bound space as plain values for reports.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rankedlist.training.config import Config, apply_overrides
+from rankedlist.tune.space_file import Param, parse_param, read_space_file
 
-__all__ = ["Param", "SearchSpace", "load_space", "shipped_space_path", "held_out_text"]
+__all__ = [
+    "SHARED_DIMENSIONS",
+    "Param",
+    "SearchSpace",
+    "describe_space",
+    "held_out_text",
+    "load_space",
+    "shipped_space_path",
+]
 
-_SPEC_KEYS = ("low", "high", "log", "step", "type", "choices", "relative")
-_TOP_KEYS = ("loss", "replace", "parameters")
+#: The dimensions every loss searches, with the same spec (the YAML form of a ``--space`` file):
+#: the learning rate, 0.2 to 5 times the recipe's ``optim.lr`` on a log scale, and the images per
+#: class ``k`` of the recipe's batch (``data.p = batch / k``; filtered to what the data allows).
+#: The shipped spaces hold only each loss's own parameters; a ``--space`` file may override these.
+SHARED_DIMENSIONS: Mapping[str, Mapping[str, Any]] = {
+    "lr": {"low": 0.2, "high": 5.0, "log": True, "relative": True},
+    "k": {"choices": [2, 3, 4, 6, 8]},
+}
+
 _ALIASES = {"lr": "optim.lr"}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched parameter: a float/int range or a list of choices."""
-
-    name: str
-    kind: str  # "float", "int" or "categorical"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] | None = None
-
-    def suggest(self, trial: Any) -> Any:
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(
-                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
-            )
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
-
-    def ends(self) -> list[Any]:
-        """The values to check before searching: both ends, or every choice."""
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
-
-    def describe(self) -> str:
-        if self.kind == "categorical":
-            return "one of " + ", ".join(map(str, self.choices))
-        text = f"[{self.low:g}, {self.high:g}]"
-        if self.kind == "int":
-            text += " integers"
-        if self.log:
-            text += " log"
-        if self.step:
-            text += f" step {self.step:g}"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.kind == "categorical":
-            return {"choices": list(self.choices)}
-        out: dict[str, Any] = {"low": self.low, "high": self.high}
-        if self.kind == "int":
-            out["type"] = "int"
-        if self.log:
-            out["log"] = True
-        if self.step:
-            out["step"] = self.step
-        return out
 
 
 @dataclass
 class SearchSpace:
-    """The parameters of a study, bound to a recipe (relative ranges resolved, k filtered)."""
+    """The parameters of a study, bound to a recipe (relative ranges resolved, k filtered).
+
+    ``specs``: each parameter's spec as written (before binding); ``shared``: the parameters
+    searched with the spec of :data:`SHARED_DIMENSIONS` (not overridden by a ``--space`` file)."""
 
     loss: str
     params: dict[str, Param]
     source: str
     notes: tuple[str, ...] = ()
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared: tuple[str, ...] = ()
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Ask ``trial`` for every parameter (in the space's order)."""
@@ -134,20 +109,23 @@ def load_space(
 
     Raises:
         ValueError: an unknown parameter, a bad range, a range the recipe or the loss rejects
-            (checked at both ends), no ``k`` choice that fits, or no shipped space for the loss
-            and no ``path``.
+            (checked at both ends), no choice of a ``k`` of ``path`` that fits (the shared ``k``
+            is left out instead), or no shipped space for the loss and no ``path``.
         FileNotFoundError: ``path`` does not exist.
     """
     loss = config.loss.name
     shipped = shipped_space_path(loss)
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = {
+        name: copy.deepcopy(dict(spec)) for name, spec in SHARED_DIMENSIONS.items()
+    }
     sources = []
     if shipped.is_file():
-        raw = _read(shipped, loss)["parameters"]
+        raw.update(read_space_file(shipped, loss)["parameters"])
         sources.append(f"shipped {shipped.name}")
     if path is not None:
-        user = _read(Path(path), loss)
-        raw = {} if user.get("replace") else dict(raw)
+        user = read_space_file(Path(path), loss)
+        if user.get("replace"):
+            raw, sources = {}, []
         for name, spec in user["parameters"].items():
             if spec is None:
                 raw.pop(name, None)
@@ -159,29 +137,82 @@ def load_space(
             f"no shipped search space for loss {loss!r}; write one and pass --space FILE "
             f"(see rankedlist/tune/spaces/*.yaml for the format)"
         )
+    shared = [name for name in SHARED_DIMENSIONS if name in raw and _is_shared(name, raw[name])]
+    if shared:
+        sources.insert(0, f"the shared {', '.join(shared)}")
     where = str(path) if path is not None else str(shipped)
     if not raw:
         raise ValueError(f"search space {where}: no parameters left to search; name at least one")
     valid = _valid_names(loss)
-    params, notes = {}, []
+    params, notes, specs = {}, [], {}
     for name, spec in raw.items():
         if name not in valid and "." not in str(name):
             raise ValueError(
                 f"search space {where}: unknown parameter {name!r} for loss {loss!r}; valid: "
                 f"{', '.join(valid)}, or a dotted config key such as optim.weight_decay"
             )
-        param = _parse(str(name), spec, where)
-        param, bound_notes = _bind(param, spec, config, where, train_classes)
-        params[str(name)] = param
+        param = parse_param(str(name), spec, where)
+        if name in shared:
+            param, bound_notes = _bind_shared(param, spec, config, where, train_classes)
+        else:
+            param, bound_notes = _bind(param, spec, config, where, train_classes)
         notes += bound_notes
+        if param is None:  # a shared dimension the data does not allow: not searched
+            continue
+        params[str(name)] = param
+        specs[str(name)] = _plain(spec)
     if "gap" in params and "alpha" in params:
         raise ValueError(
             f"search space {where}: 'gap' (alpha = margin + gap) and 'alpha' are both searched; "
             "drop one (e.g. `alpha: null` in the --space file)"
         )
-    space = SearchSpace(loss, params, " + ".join(sources), tuple(notes))
+    space = SearchSpace(
+        loss,
+        params,
+        " + ".join(sources),
+        tuple(notes),
+        specs=specs,
+        shared=tuple(n for n in params if n in shared),
+    )
     _check_ends(space, config, where)
     return space
+
+
+def describe_space(space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """Each searched parameter as plain JSON-able values, for reports and comparisons::
+
+        {"lr": {"sets": "optim.lr", "shared": True, "kind": "float", "low": 0.0004,
+                "high": 0.01, "log": True,
+                "spec": {"low": 0.2, "high": 5.0, "log": True, "relative": True}}, ...}
+
+    ``sets``: the config key(s) it sets; ``shared``: searched with the spec of
+    :data:`SHARED_DIMENSIONS`; ``kind``, ``low``/``high``/``log``/``step`` or ``choices``: the
+    range bound to the recipe (relative ranges resolved, ``k`` filtered); ``spec``: as written.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, param in space.params.items():
+        entry: dict[str, Any] = {
+            "sets": _target_text(name),
+            "shared": name in space.shared,
+            "kind": param.kind,
+            **param.to_dict(),
+        }
+        entry.pop("type", None)
+        if param.kind != "categorical":
+            entry.setdefault("log", False)
+        entry["spec"] = copy.deepcopy(space.specs.get(name, param.to_dict()))
+        out[name] = entry
+    return out
+
+
+def _is_shared(name: str, spec: Any) -> bool:
+    """Whether ``spec`` is the spec of the shared dimension ``name``."""
+    return isinstance(spec, Mapping) and _plain(spec) == _plain(SHARED_DIMENSIONS[name])
+
+
+def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec as plain JSON-able values (lists, not tuples)."""
+    return {str(k): list(v) if isinstance(v, (list, tuple)) else v for k, v in dict(spec).items()}
 
 
 def values_to_overrides(space: SearchSpace, values: Mapping[str, Any], config: Config) -> list[str]:
@@ -199,96 +230,11 @@ def values_to_overrides(space: SearchSpace, values: Mapping[str, Any], config: C
     return out
 
 
-# --------------------------------------------------------------------------- parsing
-
-
-def _read(path: Path, loss: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"search space file {path} not found; pass an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"search space {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"search space {path}: expected a mapping with 'parameters'")
-    unknown = sorted(set(map(str, data)) - set(_TOP_KEYS))
-    if unknown:
-        raise ValueError(
-            f"search space {path}: unknown key(s) {unknown}; valid keys: {', '.join(_TOP_KEYS)}"
-        )
-    if data.get("loss") not in (None, loss):
-        raise ValueError(
-            f"search space {path} is for loss {data['loss']!r} but the recipe trains {loss!r}; "
-            f"pass a space for {loss!r} (or drop its 'loss:' line)"
-        )
-    params = data.get("parameters")
-    if not isinstance(params, dict):
-        raise ValueError(f"search space {path}: 'parameters' must be a mapping of name: range")
-    if not isinstance(data.get("replace", False), bool):
-        raise ValueError(f"search space {path}: 'replace' must be true or false")
-    return data
-
-
 def _valid_names(loss: str) -> list[str]:
     from rankedlist.training.loss_factory import valid_params
 
-    names = ["lr", "k"] + (["gap"] if loss == "rll" else [])
+    names = list(SHARED_DIMENSIONS) + (["gap"] if loss == "rll" else [])
     return names + [n for n in valid_params(loss) if n not in names]
-
-
-def _parse(name: str, spec: Any, where: str) -> Param:
-    def bad(why: str) -> ValueError:
-        return ValueError(f"search space {where}: parameter {name!r}: {why}")
-
-    if not isinstance(spec, Mapping):
-        raise bad(f"expected {{low: ..., high: ...}} or {{choices: [...]}}, got {spec!r}")
-    unknown = sorted(set(map(str, spec)) - set(_SPEC_KEYS))
-    if unknown:
-        raise bad(f"unknown key(s) {unknown}; valid: {', '.join(_SPEC_KEYS)}")
-    if "choices" in spec:
-        extra = sorted(set(spec) - {"choices"})
-        if extra:
-            raise bad(f"choices cannot be combined with {extra}")
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise bad(f"choices must be a non-empty list, got {choices!r}")
-        if any(not isinstance(c, (int, float, str, bool)) for c in choices):
-            raise bad(f"choices must be numbers, strings or booleans, got {choices!r}")
-        if len(set(map(repr, choices))) != len(choices):
-            raise bad(f"choices {choices} repeat a value")
-        return Param(name, "categorical", choices=tuple(choices))
-    if name == "k":
-        raise bad("takes choices, e.g. {choices: [2, 4, 8]} (images per class; p = batch / k)")
-    kind = spec.get("type", "float")
-    if kind not in ("float", "int"):
-        raise bad(f"type must be float or int, got {kind!r}")
-    for key in ("low", "high"):
-        value = spec.get(key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise bad(f"{key} must be a finite number, got {value!r}")
-        if kind == "int" and not float(value).is_integer():
-            raise bad(f"{key} = {value!r} is not an integer (type: int)")
-    low, high, step = spec["low"], spec["high"], spec.get("step")
-    log = spec.get("log", False)
-    if not isinstance(log, bool) or not isinstance(spec.get("relative", False), bool):
-        raise bad("log and relative must be true or false")
-    if not low < high:
-        raise bad(f"bad range: low {low!r} must be below high {high!r}")
-    if log and low <= 0:
-        raise bad(f"bad range: a log range needs low > 0, got {low!r}")
-    if step is not None:
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
-            raise bad(f"step must be a number > 0, got {step!r}")
-        if log:
-            raise bad("step and log cannot be combined")
-        if step > high - low:
-            raise bad(f"step {step!r} is larger than the range [{low!r}, {high!r}]")
-    number = int if kind == "int" else float
-    return Param(name, kind, number(low), number(high), log, None if step is None else number(step))
 
 
 def _bind(
@@ -351,6 +297,28 @@ def _bind(
                 notes.append(f"k: choices {too_many} left out: they need {need}")
         param = replace(param, choices=tuple(fits))
     return param, notes
+
+
+def _bind_shared(
+    param: Param,
+    spec: Mapping[str, Any],
+    config: Config,
+    where: str,
+    train_classes: Callable[[], int] | int | None = None,
+) -> tuple[Param | None, list[str]]:
+    """:func:`_bind` for a dimension of :data:`SHARED_DIMENSIONS`: a ``k`` with no choice the
+    batch and the data allow is left out (the recipe's own split stays) instead of an error, so
+    that the shared dimensions never stop a loss's search that the recipe allows."""
+    try:
+        return _bind(param, spec, config, where, train_classes)
+    except ValueError as exc:
+        if param.name != "k":
+            raise
+        why = " ".join(str(exc).split()).split("parameter 'k': ", 1)[-1].split("; ")[0]
+        return None, [
+            f"k: not searched ({why}); the recipe's data.p={config.data.p}, "
+            f"data.k={config.data.k} stay"
+        ]
 
 
 def held_out_text(config: Config) -> str:

@@ -2,8 +2,11 @@
 
 Storage: a path (the default ``<out>/study.journal``) is Optuna's ``JournalStorage`` with a file
 backend (no server; its lock makes concurrent processes safe, on a shared file system too); a
-URL with ``://`` (``sqlite:///x.db``, ``postgresql://...``, ``mysql+pymysql://...``) is an
-Optuna RDB storage.
+URL with ``://`` (``sqlite:///x.db``, ``postgresql+psycopg2://USER@HOST:5432/DB``,
+``mysql+pymysql://...``) is an Optuna RDB storage, connected to when the command starts: an
+unreachable server, an unknown dialect or a missing driver is a ``ValueError`` (one ``error:``
+line) before anything runs. Workers that start together on a fresh PostgreSQL database create its
+tables one at a time (an advisory lock); the password of a URL is never printed.
 
 Exactly ``--trials N``, however many workers: a worker *claims* a trial by asking for one only
 while fewer than N trials are complete, pruned or running. With a journal file the count and the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +45,10 @@ ATTR = "rankedlist_tune"
 #: This process, as recorded on the trials it runs.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 PRUNERS = ("median", "halving", "none")
+#: Seconds to wait for a database server to answer before ``--storage`` is an error.
+CONNECT_TIMEOUT = 10
+#: The PostgreSQL advisory lock key under which workers create Optuna's tables one at a time.
+_SCHEMA_LOCK_KEY = 0x52_4C_54_55  # "RLTU"
 
 
 def optuna_module():
@@ -54,7 +62,7 @@ def open_storage(storage: str | None, out: Path) -> tuple[Any, str, Any]:
     """(the Optuna storage, how to name it, the claim lock or None for a database)."""
     optuna = optuna_module()
     if storage and "://" in storage and not storage.startswith("file://"):
-        return storage, storage, None
+        return open_database(storage)
     path = Path(storage.removeprefix("file://")) if storage else out / "study.journal"
     if path.is_dir():
         raise ValueError(
@@ -66,6 +74,97 @@ def open_storage(storage: str | None, out: Path) -> tuple[Any, str, Any]:
     backend = journal.JournalFileBackend(str(path))
     lock = journal.JournalFileSymlinkLock(str(path) + ".claim")
     return optuna.storages.JournalStorage(backend), str(path), lock
+
+
+def open_database(url: str) -> tuple[Any, str, None]:
+    """(Optuna's ``RDBStorage`` of ``url``, the URL without its password, None).
+
+    Raises:
+        ValueError: not a URL SQLAlchemy reads, an unknown dialect, a missing driver, or a
+            database that cannot be opened (the server's reason, and what to check).
+    """
+    optuna = optuna_module()
+    import sqlalchemy
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise ValueError(
+            f"--storage {url!r} is not a database URL ({_one_line(exc)}); give one such as "
+            "sqlite:///study.db or postgresql+psycopg2://USER@HOST:5432/DB, or a journal file path"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    engine_kwargs: dict[str, Any] = {}
+    if backend in ("postgresql", "mysql") and "connect_timeout" not in parsed.query:
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(4):
+        try:
+            with _schema_lock(parsed, engine_kwargs):
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return storage, shown, None
+        except sa_exc.NoSuchModuleError as exc:
+            hint = (
+                "postgres:// is not a SQLAlchemy dialect: write postgresql+psycopg2://"
+                if parsed.get_backend_name() == "postgres"
+                else "use sqlite:///PATH, postgresql+psycopg2://... or mysql+pymysql://..."
+            )
+            raise ValueError(
+                f"--storage {shown}: unknown database dialect or driver {parsed.drivername!r} "
+                f"({_one_line(exc)}); {hint}"
+            ) from None
+        except ImportError as exc:
+            raise ValueError(
+                f"--storage {shown}: the database driver of {parsed.drivername!r} is not "
+                f"installed ({_one_line(exc.__cause__ or exc)}); pip install 'rankedlist[tune]' "
+                "brings psycopg2 for postgresql://, mysql+pymysql:// needs pip install pymysql"
+            ) from None
+        except sa_exc.SQLAlchemyError as exc:
+            reason = _one_line(getattr(exc, "orig", None) or exc)
+            if attempt < 3 and ("already exists" in reason or "duplicate key" in reason):
+                time.sleep(0.5 * (attempt + 1))  # another worker created the tables meanwhile
+                continue
+            raise ValueError(
+                f"--storage {shown}: cannot open the database ({reason[:300]}); start the "
+                "server, check the host, port, user, password and database name, or use a "
+                "journal file path (no server)"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _schema_lock(url: Any, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """On PostgreSQL, a session advisory lock while Optuna creates its tables: workers that start
+    together on a fresh database would otherwise race on ``CREATE TABLE`` (a duplicate key in
+    ``pg_type``). Elsewhere nothing (SQLite and MySQL errors are retried by the caller)."""
+    if url.get_backend_name() != "postgresql":
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            key = {"key": _SCHEMA_LOCK_KEY}
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+            connection.commit()
+            try:
+                yield
+            finally:  # (closing the connection releases it too)
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+                    connection.commit()
+    finally:
+        engine.dispose()
+
+
+def _one_line(exc: Any) -> str:
+    text = " ".join(str(exc).split())
+    return text.split(" (Background on this error")[0].split(" [SQL:")[0]
 
 
 def make_sampler(seed: int, n_trials: int, index: int) -> Any:
