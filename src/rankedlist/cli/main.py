@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
     add_tune_parser(sub)
+    from rankedlist.compare.cli import add_compare_parser
+
+    add_compare_parser(sub)
 
     convert = sub.add_parser(
         "convert-checkpoint",
@@ -140,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 _VALUE_OPTIONS = frozenset(
     {"--config", "-c", "--checkpoint", "--split", "--device", "--output", "--stop-after",
      "--index-method", "--nprobe", "--ef", "--nlist", "--trials", "--study", "--storage",
-     "--out", "--space", "--timeout", "--metric", "--pruner", "--seed"}
+     "--out", "--space", "--timeout", "--metric", "--pruner", "--seed",
+     "--recipes", "--seeds", "--folds", "--plan", "--sampler-seed"}
 )  # fmt: skip
-_COMMANDS_WITH_OVERRIDES = ("train", "evaluate", "show-config", "tune")
+_COMMANDS_WITH_OVERRIDES = ("train", "evaluate", "show-config", "tune", "compare")
 
 
 def _hoist_overrides(argv: Sequence[str]) -> list[str]:
@@ -269,6 +273,12 @@ def _through_index(args: argparse.Namespace, out: dict) -> dict[str, float]:
     )  # fmt: skip
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rankedlist.compare.cli import run_compare_command
+
+    return run_compare_command(args)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from rankedlist.tune.cli import run_tune_command
 
@@ -329,6 +339,7 @@ _COMMANDS = {
     "index": _cmd_index,
     "export": _cmd_export,
     "tune": _cmd_tune,
+    "compare": _cmd_compare,
     "convert-checkpoint": _cmd_convert_checkpoint,
 }
 

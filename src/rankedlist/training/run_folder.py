@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankedlist.atomic_write import atomic_write, atomic_write_text, remove_orphan_temporaries
-from rankedlist.folder_lock import FolderLock
+from rankedlist.folder_lock import FolderBusyError, FolderLock
 from rankedlist.training import distributed as dist_utils
 
 __all__ = [
@@ -213,16 +213,18 @@ class RunFolder:
     ) -> RunFolder:
         """Lock ``run_dir`` and check it may take this start; nothing is changed on disk."""
         folder = cls(Path(run_dir), ctx)
-        problem = None
+        problem, busy = None, False
         if ctx.is_main:
             try:
                 problem = folder._claim(resume, overwrite)
-            except ValueError as err:  # a busy lock, a damaged list: every rank raises
+            except FolderBusyError as err:  # another process writes there: every rank raises
+                problem, busy = str(err), True
+            except ValueError as err:  # a damaged list
                 problem = str(err)
-        problem = dist_utils.broadcast_object(problem, ctx)
+        problem, busy = dist_utils.broadcast_object((problem, busy), ctx)
         if problem is not None:
             folder.release()
-            raise RunExistsError(problem)
+            raise FolderBusyError(problem) if busy else RunExistsError(problem)
         folder.resume = None if resume is None else Path(resume)
         return folder
 
