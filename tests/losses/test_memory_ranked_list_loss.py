@@ -227,7 +227,9 @@ def test_compacted_chunks_match_the_naive_loop(monkeypatch):
     widths = []
     original = chunks.paper_chunk
     monkeypatch.setattr(
-        chunks, "paper_chunk", lambda *a, **k: widths.append(a[2].shape[0]) or original(*a, **k)
+        chunks,
+        "paper_chunk",
+        lambda chunk, *a, **k: widths.append(chunk.reference.shape[0]) or original(chunk, *a, **k),
     )
     gen = torch.Generator().manual_seed(21)
     n, n_mem, dim = 12, 200, 64
@@ -261,16 +263,15 @@ def test_compacted_chunks_match_the_naive_loop(monkeypatch):
 def test_a_chunk_without_candidates_gives_zero_loss_and_gradient():
     """Queries whose labels are not in the gallery and that are far from all of it: nothing to
     rank (also with a temperature whose weights need a row shift)."""
-    from rankedlist.losses._kernels import HyperParameters
+    from rankedlist.losses._inputs import HyperParameters
     from rankedlist.losses.ranked_list_loss import _ranked_list_loss
 
     x = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]], requires_grad=True)
     g = F.normalize(torch.tensor([[-1.0, 0.2, 0.0], [-1.0, -0.1, 0.3], [0.0, -1.0, -1.0]]), dim=1)
     hp = HyperParameters(margin=0.4, alpha=1.2, Tn=60.0, Tp=0.0, lam=1.0)
     loss, stats = _ranked_list_loss(
-        x, torch.tensor([0, 1]), g, torch.tensor([2, 3, 4]), None, hp, True, "paper", "mean",
-        None, None, memory_gallery=True,
-    )  # fmt: skip
+        x, torch.tensor([0, 1]), hp, g, torch.tensor([2, 3, 4]), memory_gallery=True
+    )
     loss.backward()
     assert float(loss.detach()) == 0 and stats["active_neg"] == 0 and stats["active_pos"] == 0
     assert torch.equal(x.grad, torch.zeros_like(x))

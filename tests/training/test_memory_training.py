@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -12,13 +9,12 @@ from torch import nn
 from rankedlist.losses import MemoryRankedListLoss, PMLCrossBatchMemory
 from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import load_checkpoint
-from rankedlist.training.config import config_from_dict, load_config
+from rankedlist.training.config import config_from_dict
 from rankedlist.training.distributed import DistributedContext
 from rankedlist.training.loss_factory import LOSS_NAMES, build_loss
 from rankedlist.training.optim import build_optimizer
 from rankedlist.training.step import train_one_step
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MEMORY = ("rll", "contrastive", "multi_similarity")
 
 
@@ -47,13 +43,13 @@ def _gallery_rows(loss_fn, steps: int, batch: int = 8, seed: int = 0) -> list[in
 
     inner = loss_fn.loss
     if isinstance(inner, MemoryRankedListLoss):  # RLL ranks through _loss_and_stats
-        rll, original = inner.loss, inner.loss._loss_and_stats
+        rll, original = inner.loss, inner.loss.loss_and_stats
 
         def spy(emb, labels, ref_emb, *args, **kwargs):
             record(emb, ref_emb)
             return original(emb, labels, ref_emb, *args, **kwargs)
 
-        rll._loss_and_stats = spy
+        rll.loss_and_stats = spy
     else:  # PML: loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         inner.xbm.loss.register_forward_pre_hook(
             lambda _, args, kwargs: record(args[0], args[3] if len(args) > 3 else None),
@@ -138,32 +134,19 @@ def test_train_one_step_passes_the_indices_to_a_memory_loss():
         assert values["active_neg"] > 0
 
 
-TINY = [
-    "data.p=8", "data.k=2", "data.image_size=32", "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}", "optim.lr=0.003", "schedule.name=cosine",
-    "schedule.warmup_iters=2", "train.log_every=1", "train.eval_batch_size=512",
-    "train.device=cpu", "train.deterministic=true", "train.tensorboard=false",
-    "train.report=false", "train.iterations=12",
-    # 16 rows a batch: the memory starts after 2 iterations and wraps at the 5th.
-    "loss.memory_size=48", "loss.memory_start=2",
-]  # fmt: skip
-
-
-def _records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "loss" in r]
+# The tiny run for 12 iterations: 16 rows a batch, the memory starts after 2 iterations and wraps
+# at the 5th.
+MEMORY_RUN = ["train.iterations=12", "loss.memory_size=48", "loss.memory_start=2"]
 
 
 @pytest.mark.parametrize("stop", [7, 1], ids=["after the warm-up", "inside the warm-up"])
-def test_resume_with_memory_equals_an_uninterrupted_run(tmp_path, stop):
+def test_resume_with_memory_equals_an_uninterrupted_run(tmp_path, stop, tiny_run):
     """Stopped at iteration 7 (the memory full and wrapped) or 1 (inside the warm-up: the memory
     not started, its step count 1 of memory_start 2), then resumed: bit for bit the uninterrupted
     run, in every logged value, the weights and the memory."""
 
     def config(name, *extra):
-        return load_config(
-            CONFIGS / "glyphs.yaml", [*TINY, f"train.run_dir={tmp_path / name}", *extra]
-        )
+        return tiny_run.config(tmp_path / name, *MEMORY_RUN, *extra)
 
     whole = train_module.main(config("whole"), test=False)
     parts = config("parts", "train.checkpoint_every=4")
@@ -174,7 +157,7 @@ def test_resume_with_memory_equals_an_uninterrupted_run(tmp_path, stop):
     assert train_module.main(parts, resume=tmp_path / "parts", test=False).iteration == 12
     assert whole.status == "completed"
 
-    expected, got = _records(tmp_path / "whole"), _records(tmp_path / "parts")
+    expected, got = tiny_run.records(tmp_path / "whole"), tiny_run.records(tmp_path / "parts")
     assert [r["step"] for r in got] == list(range(1, 13))
     for key in ("loss", "memory_fill", "active_pos", "active_neg"):
         assert [r[key] for r in got] == [r[key] for r in expected], key  # exact, not approx

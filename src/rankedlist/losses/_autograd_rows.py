@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from rankedlist.losses._kernels import HyperParameters, autocast_disabled
+from rankedlist.losses._inputs import HyperParameters
+from rankedlist.losses._kernels import autocast_disabled
 
 __all__ = ["autograd_rows"]
 

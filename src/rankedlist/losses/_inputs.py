@@ -1,18 +1,83 @@
-"""Checks of the loss's options and inputs: each bad value raises an error naming it and the fix."""
+"""The loss's options and inputs: their checks, and the records the checked values travel in.
+
+Each bad value raises an error naming it and the fix. :class:`HyperParameters` holds every option
+once checked; :class:`RankedLists` what the queries are ranked against (the reference set, the
+labels, the pairs left out), from the checks down to the kernels.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 
-from rankedlist.losses._kernels import HyperParameters
+from rankedlist.losses._excluded_pairs import Pairs, copy_pairs
 
-__all__ = ["GRADIENTS", "REDUCTIONS"]
+__all__ = ["GRADIENTS", "REDUCTIONS", "HyperParameters", "RankedLists"]
 
 GRADIENTS = ("paper", "autograd")
 REDUCTIONS = ("mean", "none", "official")
+
+
+@dataclass(frozen=True)
+class HyperParameters:
+    """The loss's options, already checked (alpha resolved); see :class:`RankedListLoss`."""
+
+    margin: float
+    alpha: float
+    Tn: float
+    Tp: float
+    lam: float
+    normalize: bool = True
+    gradient: str = "paper"
+    reduction: str = "mean"
+    chunk_size: int | None = None
+
+    @property
+    def b(self) -> float:
+        """The positive boundary ``alpha - margin``."""
+        return self.alpha - self.margin
+
+    # The per-query loss is kP L_P + kN L_N: the "official" reduction halves both terms.
+    @property
+    def kP(self) -> float:
+        """The weight of ``L_P`` in the per-query loss."""
+        return 0.5 if self.reduction == "official" else 1.0
+
+    @property
+    def kN(self) -> float:
+        """The weight of ``L_N`` in the per-query loss (``lam``, halved by "official")."""
+        return (0.5 if self.reduction == "official" else 1.0) * self.lam
+
+
+@dataclass(frozen=True)
+class RankedLists:
+    """What the queries are ranked against, checked: everything of a call but the queries.
+
+    ``reference``: the reference set (M x D), ``None`` for the queries themselves.
+    ``query_labels``/``reference_labels``: class ids (integers when checked, floats of the
+    compute dtype for the kernels: a float compare is the fastest label test).
+    ``self_cols``: each query's own reference row (N, long, ``-1`` = none), ``None`` for the
+    diagonal of the batch against itself, else no self pair.
+    ``excluded``: further ``(query rows, reference rows)`` pairs left out, rows sorted (copies of
+    the queries' samples), or ``None``.
+    ``memory_gallery``: the reference set is a memory gallery for the paper kernel: its rows are
+    checked and normalised already, and most are trivial (each chunk of queries is ranked
+    against its candidate rows only).
+    """
+
+    reference: torch.Tensor | None
+    query_labels: torch.Tensor
+    reference_labels: torch.Tensor
+    self_cols: torch.Tensor | None = None
+    excluded: Pairs | None = None
+    memory_gallery: bool = False
+
+    def n_reference(self, n_queries: int) -> int:
+        """Rows of the reference set (``n_queries`` when the queries are their own)."""
+        return n_queries if self.reference is None else self.reference.shape[0]
 
 
 def _real(name: str, value: object) -> float:
@@ -38,7 +103,7 @@ def _check_options(
     reduction: object,
     chunk_size: object,
 ) -> HyperParameters:
-    """Validate every option; returns the hyper-parameters with alpha resolved."""
+    """Validate every option; returns them as hyper-parameters, alpha resolved."""
     m = _real("margin", margin)
     if m < 0:
         raise ValueError(f"margin must be >= 0, got {m}")
@@ -66,7 +131,10 @@ def _check_options(
             raise ValueError(
                 f"chunk_size must be a positive number of query rows, got {chunk_size}"
             )
-    return HyperParameters(margin=m, alpha=a, Tn=tn, Tp=tp, lam=la)
+    return HyperParameters(
+        margin=m, alpha=a, Tn=tn, Tp=tp, lam=la, normalize=normalize, gradient=gradient,
+        reduction=reduction, chunk_size=chunk_size,
+    )  # fmt: skip
 
 
 def _check_embeddings(name: str, x: object, normalize: bool) -> torch.Tensor:
@@ -139,6 +207,82 @@ def _check_self_index(self_index: object, n: int, m: int, device: torch.device) 
     if n > 0 and bool(((self_index < -1) | (self_index >= m)).any()):
         raise ValueError(f"self_index values must lie in [-1, {m - 1}] (rows of the reference set)")
     return self_index
+
+
+def _check_ranked_lists(
+    x: torch.Tensor,
+    labels: object,
+    ref_emb: torch.Tensor | None,
+    ref_labels: object,
+    self_index: object,
+    normalize: bool,
+    memory_gallery: bool,
+) -> RankedLists:
+    """The checked reference set, labels and self rows of the checked queries ``x``.
+
+    ``memory_gallery``: ``ref_emb``'s rows were checked as batch rows already (see
+    :class:`RankedLists`)."""
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("embeddings must contain at least one row (an empty batch has no loss)")
+    device = x.device
+    labels = _check_labels("labels", labels, n, "embeddings", device)
+
+    self_ref = ref_emb is None or ref_emb is x
+    if ref_emb is None:
+        if ref_labels is not None:
+            raise ValueError("ref_labels was given without ref_emb; pass both or neither")
+        ref_labels = labels
+    else:
+        if not memory_gallery:
+            _check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
+        if ref_emb.device != device:
+            raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {device}")
+        if ref_emb.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"ref_emb has {ref_emb.shape[1]} features but embeddings {x.shape[1]}; "
+                "they must match"
+            )
+        if ref_labels is None:
+            if not self_ref:
+                raise ValueError("ref_emb was given without ref_labels; pass both")
+            ref_labels = labels
+        ref_labels = _check_labels("ref_labels", ref_labels, ref_emb.shape[0], "ref_emb", device)
+    m = n if self_ref else ref_emb.shape[0]
+    # No self_index: the diagonal when ranking against the batch itself, else nothing.
+    self_cols = None if self_index is None else _check_self_index(self_index, n, m, device)
+    return RankedLists(
+        reference=None if self_ref else ref_emb,
+        query_labels=labels,
+        reference_labels=ref_labels,
+        self_cols=self_cols,
+        memory_gallery=memory_gallery,
+    )
+
+
+def _excluded_copies(
+    indices: object, ref_indices: object, lists: RankedLists, n: int, device: torch.device
+) -> Pairs | None:
+    """The (query, reference) pairs of one sample other than the self pairs, or None."""
+    if indices is None:
+        raise ValueError(
+            "ref_indices was given without indices; pass the dataset indices of the queries too"
+        )
+    ids = _check_indices("indices", indices, n, device)
+    self_ref = lists.reference is None
+    if ref_indices is None:
+        if not self_ref:
+            raise ValueError(
+                "indices were given with ref_emb but without ref_indices; pass the dataset index "
+                "of every reference row too (ref_indices)"
+            )
+        ref_ids = ids
+    else:
+        ref_ids = _check_indices("ref_indices", ref_indices, lists.n_reference(n), device)
+    self_cols = lists.self_cols
+    if self_cols is None and self_ref:
+        self_cols = torch.arange(n, device=device)
+    return copy_pairs(ids, ref_ids, self_cols)
 
 
 def _float_labels(

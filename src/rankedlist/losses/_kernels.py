@@ -26,17 +26,22 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from rankedlist.losses._excluded_pairs import pair_bounds, pairs_between
-from rankedlist.losses._paper_chunk import compact_chunk, paper_chunk
+from rankedlist.losses._inputs import HyperParameters, RankedLists
+from rankedlist.losses._paper_chunk import (
+    ChunkInputs,
+    ChunkSettings,
+    SelfPairs,
+    compact_chunk,
+    paper_chunk,
+)
 from rankedlist.losses._workspace import work_buffers, workspace_rows
 
 __all__ = [
-    "HyperParameters",
     "PaperRankedList",
     "auto_chunk_rows",
     "autocast_disabled",
@@ -53,22 +58,6 @@ _CUDA_CHUNK_ELEMENTS = 16 * 1024 * 1024
 # as the workspace kept between calls holds the chunk's buffers (_workspace.workspace_rows).
 _MIN_CHUNK_ROWS = 256
 _MAX_CHUNK_ELEMENTS = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class HyperParameters:
-    """The loss' hyper-parameters, already validated (alpha resolved)."""
-
-    margin: float
-    alpha: float
-    Tn: float
-    Tp: float
-    lam: float
-
-    @property
-    def b(self) -> float:
-        """The positive boundary ``alpha - margin``."""
-        return self.alpha - self.margin
 
 
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
@@ -112,119 +101,36 @@ def auto_chunk_rows(
 class PaperRankedList(torch.autograd.Function):
     """Chunked forward pass that also produces the closed-form query gradient (paper semantics).
 
-    Inputs: raw queries ``x`` (N x D, compute dtype), the detached reference set ``g`` (M x D,
-    already normalised if requested) or ``None`` to rank the queries against themselves, labels
-    ``yq``/``yg`` as class ids in a floating dtype (a float compare is the fastest label test),
-    ``self_cols`` (N, long, ``-1`` = no self pair; ``None`` = the diagonal when ``g`` is None,
-    else no exclusion), ``excluded`` (further ``(query rows, reference cols)`` pairs to leave
-    out, rows sorted, or ``None``: a memory bank's older copies of the queries), the
-    hyper-parameters, the per-query combination ``loss_i = kP L_P + kN L_N``, the chunk size in
-    rows, whether to L2-normalise ``x`` and whether to compact each chunk's reference columns
-    (``compact``: for a large, mostly trivial reference set such as a memory bank; see
-    :func:`~rankedlist.losses._paper_chunk.compact_chunk`).
+    ``apply(x, lists, hp)``: the raw queries ``x`` (N x D, compute dtype), what they are ranked
+    against (:class:`~rankedlist.losses._inputs.RankedLists`: the detached reference set, already
+    normalised if requested, or ``None`` for the queries themselves, the labels as floats of the
+    compute dtype, the self and excluded pairs; ``memory_gallery``: compact each chunk's reference
+    columns, see :func:`~rankedlist.losses._paper_chunk.compact_chunk`) and the hyper-parameters
+    (``normalize``: L2-normalise ``x``; ``chunk_size``: query rows per chunk, ``None`` for
+    :func:`auto_chunk_rows`; the per-query loss is ``kP L_P + kN L_N``).
     Outputs (all length N): ``loss``, ``n_pos``, ``n_neg``, ``log_s_pos``, ``log_s_neg``; only
     ``loss`` is differentiable (with respect to ``x``).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx,
-        x: torch.Tensor,
-        g: torch.Tensor | None,
-        yq: torch.Tensor,
-        yg: torch.Tensor,
-        self_cols: torch.Tensor | None,
-        excluded: tuple[torch.Tensor, torch.Tensor] | None,
-        hp: HyperParameters,
-        kP: float,
-        kN: float,
-        chunk_rows: int,
-        normalize: bool,
-        compact: bool = False,
-    ):
-        n, dim = x.shape
-        dtype, device = x.dtype, x.device
+        ctx, x: torch.Tensor, lists: RankedLists, hp: HyperParameters
+    ) -> tuple[torch.Tensor, ...]:
         need_grad = bool(ctx.needs_input_grad[0])
-
         # The normalisation is done here rather than by autograd: its backward is folded into
         # the stored per-query gradient (a scalar grad_output per query commutes with it).
-        if normalize:
+        if hp.normalize:
             norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
             f = x / norms
         else:
             f = x
         sqq = (f * f).sum(1)
-        if g is None:
-            g, sqg = f, sqq
-        elif compact:
-            sqg = torch.linalg.vector_norm(g, dim=1).square_()  # no M x D temporary
-            if normalize and g.shape[0] and float((sqg - 1.0).abs().amax()) > 1e-3:
-                raise ValueError(
-                    "the memory's rows must be L2-normalised, as the loss keeps them: fill it "
-                    "through the loss, or enqueue F.normalize(rows) when the loss normalises"
-                )
-        else:
-            sqg = (g * g).sum(1)
-        m = g.shape[0]
-
-        loss = torch.empty(n, dtype=dtype, device=device)
-        n_pos = torch.empty(n, dtype=dtype, device=device)
-        n_neg = torch.empty(n, dtype=dtype, device=device)
-        log_s_pos = torch.empty(n, dtype=dtype, device=device)
-        log_s_neg = torch.empty(n, dtype=dtype, device=device)
-        grad = torch.empty(n, dim, dtype=dtype, device=device) if need_grad else None
-
-        limit = _exp_limit(dtype)
-        # An empty reference set (a memory bank that has not filled yet) has nothing to shift by
-        # (amax over zero columns raises): every set is empty and the loss and gradient are 0.
-        shift_neg = hp.Tn * hp.alpha > limit and m > 0
-        shift_pos = False
-        if hp.Tp > 0 and m > 0:
-            # Triangle inequality bounds every distance, hence every positive exponent.
-            d_max = math.sqrt(float(sqq.max())) + math.sqrt(float(sqg.max()))
-            shift_pos = hp.Tp * (d_max - hp.b) > limit
-
-        c_max = max(1, min(chunk_rows, n))
-        c_max = -(-n // -(-n // c_max))  # near-equal chunks: no much shorter, slower last one
-        diagonal = self_cols is None and g is f
-        all_self = self_cols is not None and bool((self_cols >= 0).all())
-        compact = compact and not diagonal and m > 0
-        bufs = work_buffers(c_max, m, dtype, device)
-        # z = offset - scale * d: Tn (alpha - d) for Tn > 0, alpha - d for Tn = 0.
-        offset = hp.Tn * hp.alpha if hp.Tn > 0 else hp.alpha
-        consts = {"z_offset": torch.tensor(offset, dtype=dtype, device=device)}
-        starts = list(range(0, n, c_max))
-        bounds = pair_bounds(excluded, starts + [n])
-        for chunk, start in enumerate(starts):
-            stop = min(start + c_max, n)
-            sl = slice(start, stop)
-            c = stop - start
-            chunk_bufs = [buf[:c] for buf in bufs]
-            if diagonal:
-                self_pairs = (start, None)
-            elif self_cols is None:
-                self_pairs = None
-            else:
-                cols = self_cols[sl]
-                rows = None if all_self else torch.nonzero(cols >= 0).squeeze(1)
-                self_pairs = (rows, cols if rows is None else cols[rows])
-            extra = pairs_between(excluded, bounds, chunk, start)
-            args = (
-                f[sl], sqq[sl], g, sqg, yq[sl], yg, self_pairs, extra,
-                hp, kP, kN, shift_neg, shift_pos, need_grad, chunk_bufs, consts,
-            )  # fmt: skip
-            if compact:
-                out, dense = compact_chunk(*args)
-                compact = not dense  # a crowded chunk: the next ones will be crowded too
-            else:
-                out = paper_chunk(*args)
-            loss[sl], n_pos[sl], n_neg[sl], log_s_pos[sl], log_s_neg[sl] = out[:5]
-            if need_grad:
-                grad[sl] = out[5]
-        del bufs
-
+        g, sqg = _reference_sq_norms(f, sqq, lists, hp.normalize)
+        outputs = _paper_chunks(f, sqq, g, sqg, lists, hp, need_grad)
+        loss, n_pos, n_neg, log_s_pos, log_s_neg = outputs[:5]
         if need_grad:
-            if normalize:
+            grad = outputs[5]
+            if hp.normalize:
                 # Back through f = x / |x|: (I - f f^T) / |x|.
                 grad = (grad - f * (f * grad).sum(1, keepdim=True)) / norms
             ctx.save_for_backward(grad)
@@ -235,7 +141,115 @@ class PaperRankedList(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss, *unused):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad_loss.unsqueeze(1) * grad,) + (None,) * 11
+        # One gradient per input of forward: the queries' and none for the records.
+        return (grad_loss.unsqueeze(1) * grad,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+
+def _reference_sq_norms(
+    f: torch.Tensor, sqq: torch.Tensor, lists: RankedLists, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference set (the queries ``f`` themselves without one) and its squared row norms;
+    a memory gallery's rows are checked to be normalised, as the loss keeps them."""
+    g = lists.reference
+    if g is None:
+        return f, sqq
+    if not lists.memory_gallery:
+        return g, (g * g).sum(1)
+    sqg = torch.linalg.vector_norm(g, dim=1).square_()  # no M x D temporary
+    if normalize and g.shape[0] and float((sqg - 1.0).abs().amax()) > 1e-3:
+        raise ValueError(
+            "the memory's rows must be L2-normalised, as the loss keeps them: fill it "
+            "through the loss, or enqueue F.normalize(rows) when the loss normalises"
+        )
+    return g, sqg
+
+
+def _paper_chunks(
+    f: torch.Tensor,
+    sqq: torch.Tensor,
+    g: torch.Tensor,
+    sqg: torch.Tensor,
+    lists: RankedLists,
+    hp: HyperParameters,
+    need_grad: bool,
+) -> list[torch.Tensor]:
+    """Per query ``loss, n_pos, n_neg, log S+, log S-`` and, with ``need_grad``, the N x D
+    gradient with respect to ``f``: the queries ``f`` ranked against ``g``, chunk by chunk."""
+    (n, dim), m = f.shape, g.shape[0]
+    dtype, device = f.dtype, f.device
+    outputs = [torch.empty(n, dtype=dtype, device=device) for _ in range(5)]
+    if need_grad:
+        outputs.append(torch.empty(n, dim, dtype=dtype, device=device))
+    settings = _chunk_settings(hp, sqq, sqg, m, need_grad)
+
+    rows = hp.chunk_size
+    if rows is None:
+        rows = auto_chunk_rows(n, m, device, dtype if lists.memory_gallery else None)
+    c_max = max(1, min(rows, n))
+    c_max = -(-n // -(-n // c_max))  # near-equal chunks: no much shorter, slower last one
+    self_cols = lists.self_cols
+    diagonal = self_cols is None and g is f
+    all_self = self_cols is not None and bool((self_cols >= 0).all())
+    compact = lists.memory_gallery and not diagonal and m > 0
+    bufs = work_buffers(c_max, m, dtype, device)
+    starts = list(range(0, n, c_max))
+    bounds = pair_bounds(lists.excluded, starts + [n])
+    for index, start in enumerate(starts):
+        stop = min(start + c_max, n)
+        chunk = ChunkInputs(
+            queries=f[start:stop],
+            query_sq_norms=sqq[start:stop],
+            query_labels=lists.query_labels[start:stop],
+            reference=g,
+            reference_sq_norms=sqg,
+            reference_labels=lists.reference_labels,
+            self_pairs=_self_pairs(self_cols, diagonal, all_self, start, stop),
+            extra_pairs=pairs_between(lists.excluded, bounds, index, start),
+        )
+        chunk_bufs = [buf[: stop - start] for buf in bufs]
+        if compact:
+            out, dense = compact_chunk(chunk, hp, settings, chunk_bufs)
+            compact = not dense  # a crowded chunk: the next ones will be crowded too
+        else:
+            out = paper_chunk(chunk, hp, settings, chunk_bufs)
+        for target, value in zip(outputs, out, strict=True):
+            target[start:stop] = value
+    return outputs
+
+
+def _chunk_settings(
+    hp: HyperParameters, sqq: torch.Tensor, sqg: torch.Tensor, m: int, need_grad: bool
+) -> ChunkSettings:
+    """Whether the weights need a row shift, and the constant of their exponents."""
+    dtype, device = sqq.dtype, sqq.device
+    limit = _exp_limit(dtype)
+    # An empty reference set (a memory bank that has not filled yet) has nothing to shift by
+    # (amax over zero columns raises): every set is empty and the loss and gradient are 0.
+    shift_neg = hp.Tn * hp.alpha > limit and m > 0
+    shift_pos = False
+    if hp.Tp > 0 and m > 0:
+        # Triangle inequality bounds every distance, hence every positive exponent.
+        d_max = math.sqrt(float(sqq.max())) + math.sqrt(float(sqg.max()))
+        shift_pos = hp.Tp * (d_max - hp.b) > limit
+    # z = offset - scale * d: Tn (alpha - d) for Tn > 0, alpha - d for Tn = 0.
+    offset = hp.Tn * hp.alpha if hp.Tn > 0 else hp.alpha
+    z_offset = torch.tensor(offset, dtype=dtype, device=device)
+    return ChunkSettings(
+        shift_neg=shift_neg, shift_pos=shift_pos, need_grad=need_grad, z_offset=z_offset
+    )
+
+
+def _self_pairs(
+    self_cols: torch.Tensor | None, diagonal: bool, all_self: bool, start: int, stop: int
+) -> SelfPairs | None:
+    """The self pairs of the chunk of query rows ``[start, stop)`` (see ``SelfPairs``)."""
+    if diagonal:
+        return (start, None)
+    if self_cols is None:
+        return None
+    cols = self_cols[start:stop]
+    rows = None if all_self else torch.nonzero(cols >= 0).squeeze(1)
+    return (rows, cols if rows is None else cols[rows])
 
 
 def official_weights(log_s_pos: torch.Tensor, log_s_neg: torch.Tensor) -> torch.Tensor:

@@ -165,8 +165,8 @@ class MemoryRankedListLoss(nn.Module):
             # Nothing remembered yet: the plain loss (same code path, same numbers), with the
             # batch's own copies of a sample excluded.
             excluded = copy_pairs(indices, batch_ids, self_cols)
-            loss, stats = self.loss._loss_and_stats(
-                embeddings, labels, ref_emb, ref_labels, self_index, excluded
+            loss, stats = self.loss.loss_and_stats(
+                embeddings, labels, ref_emb, ref_labels, self_index, excluded=excluded
             )
         else:
             # "paper": the gallery is detached anyway; "autograd": the batch rows stay live.
@@ -179,8 +179,8 @@ class MemoryRankedListLoss(nn.Module):
             # by the sampler) and in the memory (older copies).
             gallery_ids = torch.cat([batch_ids, *(ids.to(device) for _, _, ids in parts)])
             excluded = copy_pairs(indices, gallery_ids, self_cols)
-            loss, stats = self.loss._loss_and_stats(
-                embeddings, labels, gallery, gallery_labels, self_cols, excluded,
+            loss, stats = self.loss.loss_and_stats(
+                embeddings, labels, gallery, gallery_labels, self_cols, excluded=excluded,
                 memory_gallery=True,
             )  # fmt: skip
         if self.training:

@@ -20,218 +20,146 @@ The options and the numerics are described in the package README and ``docs/ARCH
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rankedlist.losses._autograd_rows import autograd_rows
-from rankedlist.losses._excluded_pairs import copy_pairs, pairs_in_rows
+from rankedlist.losses._excluded_pairs import Pairs, pairs_in_rows
 from rankedlist.losses._inputs import (
+    HyperParameters,
+    RankedLists,
     _check_embeddings,
-    _check_indices,
-    _check_labels,
     _check_options,
-    _check_self_index,
+    _check_ranked_lists,
+    _excluded_copies,
     _float_labels,
 )
 from rankedlist.losses._kernels import (
-    HyperParameters,
     PaperRankedList,
-    auto_chunk_rows,
     autocast_disabled,
     official_weights,
 )
 
 __all__ = ["RankedListLoss", "ranked_list_loss"]
 
+# What the per-query functions return: loss, n_pos, n_neg, log S+, log S- (each length N).
+PerQuery = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 def _ranked_list_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
-    ref_emb: torch.Tensor | None,
-    ref_labels: torch.Tensor | None,
-    self_index: torch.Tensor | None,
     hp: HyperParameters,
-    normalize: bool,
-    gradient: str,
-    reduction: str,
-    chunk_size: int | None,
-    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
-    memory_gallery: bool = False,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    self_index: torch.Tensor | None = None,
+    *,
     indices: torch.Tensor | None = None,
     ref_indices: torch.Tensor | None = None,
+    excluded: Pairs | None = None,
+    memory_gallery: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss and its statistics; the options are already validated.
+    """The loss and its statistics; the options ``hp`` are already validated.
 
-    ``excluded``: further ``(query rows, reference rows)`` pairs left out of the ranked lists,
-    rows sorted (a memory bank's copies of the queries); long tensors on the device.
     ``indices``/``ref_indices``: the dataset indices of the queries and of the reference rows
     (default: ``indices`` when the reference set is the batch); the pairs of one sample are
-    excluded, as the self pair is. Not together with ``excluded``.
+    excluded, as the self pair is. ``excluded``: further ``(query rows, reference rows)`` pairs
+    left out of the ranked lists, rows sorted (a memory bank's copies of the queries); long
+    tensors on the device; not together with the indices.
     ``memory_gallery``: ``ref_emb`` is a batch + memory gallery; with ``gradient="paper"`` its
     rows are already checked and normalised as the loss uses them, and most of them are trivial,
     so each chunk of queries is ranked against its candidate columns only.
     """
-    x = _check_embeddings("embeddings", embeddings, normalize)
+    x = _check_embeddings("embeddings", embeddings, hp.normalize)
     # Immune to an enclosing autocast: it would run the distance and gradient products in
     # float16/bfloat16, and the boundaries alpha, alpha - m and the weights exp(Tn (alpha - d))
     # need the float32 distances. (Checkpointed chunks recompute under the same, disabled state.)
     with autocast_disabled(x.device):
-        return _loss_and_stats(
-            x, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
-            chunk_size, excluded, memory_gallery and gradient == "paper", indices, ref_indices,
-        )  # fmt: skip
+        ready = memory_gallery and hp.gradient == "paper"
+        lists = _check_ranked_lists(x, labels, ref_emb, ref_labels, self_index, hp.normalize, ready)
+        if indices is not None or ref_indices is not None:
+            excluded = _excluded_copies(indices, ref_indices, lists, x.shape[0], x.device)
+        # float16/bfloat16 are computed in float32 (exp(Tn alpha) alone exceeds float16's
+        # range); the cast is part of the graph, so gradients come back in the input dtype.
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        yq, yg = _float_labels(lists.query_labels, lists.reference_labels, dtype)
+        lists = replace(lists, query_labels=yq, reference_labels=yg, excluded=excluded)
+        per_query_losses = _paper_per_query if hp.gradient == "paper" else _autograd_per_query
+        per_query, n_pos, n_neg, log_s_pos, log_s_neg = per_query_losses(x.to(dtype), lists, hp)
+        loss = _reduced(per_query, log_s_pos, log_s_neg, hp)
+        return loss, _stats(per_query, n_pos, n_neg)
 
 
-def _loss_and_stats(
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    ref_emb: torch.Tensor | None,
-    ref_labels: torch.Tensor | None,
-    self_index: torch.Tensor | None,
-    hp: HyperParameters,
-    normalize: bool,
-    gradient: str,
-    reduction: str,
-    chunk_size: int | None,
-    excluded: tuple[torch.Tensor, torch.Tensor] | None,
-    ready: bool,
-    indices: torch.Tensor | None = None,
-    ref_indices: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """:func:`_ranked_list_loss` once the embeddings ``x`` are checked, with autocast off;
-    ``ready``: ``ref_emb`` is a paper-mode memory gallery (checked, normalised, compacted)."""
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("embeddings must contain at least one row (an empty batch has no loss)")
-    device = x.device
-    labels = _check_labels("labels", labels, n, "embeddings", device)
+def _paper_per_query(x: torch.Tensor, lists: RankedLists, hp: HyperParameters) -> PerQuery:
+    """The per-query losses and statistics with the paper's gradient (the chunked kernel)."""
+    g = lists.reference
+    if g is not None:
+        with torch.no_grad():  # the gallery is detached in the paper's semantics
+            g = g.detach().to(x.dtype)
+            normalize = hp.normalize and not lists.memory_gallery
+            g = (F.normalize(g, dim=1) if normalize else g).contiguous()
+    return PaperRankedList.apply(x, replace(lists, reference=g), hp)
 
-    self_ref = ref_emb is None or ref_emb is x
-    if ref_emb is None:
-        if ref_labels is not None:
-            raise ValueError("ref_labels was given without ref_emb; pass both or neither")
-        ref_labels = labels
+
+def _autograd_per_query(x: torch.Tensor, lists: RankedLists, hp: HyperParameters) -> PerQuery:
+    """The per-query losses and statistics with every quantity differentiated."""
+    n, chunk_size = x.shape[0], hp.chunk_size
+    xq = F.normalize(x, dim=1) if hp.normalize else x
+    self_cols, excluded = lists.self_cols, lists.excluded
+    yq, yg = lists.query_labels, lists.reference_labels
+    if lists.reference is None:
+        g = xq
+        if self_cols is None:
+            self_cols = torch.arange(n, device=x.device)
     else:
-        if not ready:  # a memory gallery's rows were checked as batch rows already
-            _check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
-        if ref_emb.device != device:
-            raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {device}")
-        if ref_emb.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"ref_emb has {ref_emb.shape[1]} features but embeddings {x.shape[1]}; "
-                "they must match"
-            )
-        if ref_labels is None:
-            if not self_ref:
-                raise ValueError("ref_emb was given without ref_labels; pass both")
-            ref_labels = labels
-        ref_labels = _check_labels("ref_labels", ref_labels, ref_emb.shape[0], "ref_emb", device)
-    m = n if self_ref else ref_emb.shape[0]
-    if self_index is not None:
-        self_cols = _check_self_index(self_index, n, m, device)
+        g = lists.reference.to(x.dtype)
+        g = F.normalize(g, dim=1) if hp.normalize else g
+    if chunk_size is None or chunk_size >= n:
+        parts = autograd_rows(xq, g, yq, yg, self_cols, hp, excluded)
     else:
-        self_cols = None  # the diagonal when ranking against the batch itself, else nothing
-    if indices is not None or ref_indices is not None:
-        excluded = _copies(indices, ref_indices, n, m, self_ref, self_cols, device)
-
-    # float16/bfloat16 are computed in float32 (exp(Tn alpha) alone exceeds float16's range);
-    # the cast is part of the graph, so gradients come back in the input dtype.
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    yq, yg = _float_labels(labels, ref_labels, dtype)
-
-    official = reduction == "official"
-    kP = 0.5 if official else 1.0
-    kN = (0.5 if official else 1.0) * hp.lam
-
-    if gradient == "paper":
-        g = None
-        if not self_ref:
-            with torch.no_grad():  # the gallery is detached in the paper's semantics
-                g = ref_emb.detach().to(dtype)
-                g = (F.normalize(g, dim=1) if normalize and not ready else g).contiguous()
-        if chunk_size is not None:
-            rows = chunk_size
-        else:
-            rows = auto_chunk_rows(n, m, device, dtype if ready else None)
-        per_query, n_pos, n_neg, log_s_pos, log_s_neg = PaperRankedList.apply(
-            x.to(dtype), g, yq, yg, self_cols, excluded, hp, kP, kN, rows, normalize, ready
-        )
-    else:
-        xq = x.to(dtype)
-        xq = F.normalize(xq, dim=1) if normalize else xq
-        if self_ref:
-            g = xq
-            if self_cols is None:
-                self_cols = torch.arange(n, device=device)
-        else:
-            g = ref_emb.to(dtype)
-            g = F.normalize(g, dim=1) if normalize else g
-        if chunk_size is None or chunk_size >= n:
-            parts = autograd_rows(xq, g, yq, yg, self_cols, hp, excluded)
-        else:
-            # Recompute each chunk in the backward pass: only per-query vectors stay alive.
-            chunks = []
-            for start in range(0, n, chunk_size):
-                sl = slice(start, min(start + chunk_size, n))
-                cols = None if self_cols is None else self_cols[sl]
-                pairs = pairs_in_rows(excluded, sl.start, sl.stop)
-                chunks.append(
-                    checkpoint(
-                        autograd_rows, xq[sl], g, yq[sl], yg, cols, hp, pairs, use_reentrant=False
-                    )
+        # Recompute each chunk in the backward pass: only per-query vectors stay alive.
+        chunks = []
+        for start in range(0, n, chunk_size):
+            sl = slice(start, min(start + chunk_size, n))
+            cols = None if self_cols is None else self_cols[sl]
+            pairs = pairs_in_rows(excluded, sl.start, sl.stop)
+            chunks.append(
+                checkpoint(
+                    autograd_rows, xq[sl], g, yq[sl], yg, cols, hp, pairs, use_reentrant=False
                 )
-            parts = tuple(torch.cat(p) for p in zip(*chunks, strict=True))
-        loss_pos, loss_neg, n_pos, n_neg, log_s_pos, log_s_neg = parts
-        per_query = kP * loss_pos + kN * loss_neg
+            )
+        parts = tuple(torch.cat(p) for p in zip(*chunks, strict=True))
+    loss_pos, loss_neg, n_pos, n_neg, log_s_pos, log_s_neg = parts
+    return hp.kP * loss_pos + hp.kN * loss_neg, n_pos, n_neg, log_s_pos, log_s_neg
 
-    if reduction == "none":
-        loss = per_query
-    elif reduction == "mean":
+
+def _reduced(
+    per_query: torch.Tensor, log_s_pos: torch.Tensor, log_s_neg: torch.Tensor, hp: HyperParameters
+) -> torch.Tensor:
+    """The per-query losses reduced as ``hp.reduction`` says."""
+    if hp.reduction == "none":
+        return per_query
+    if hp.reduction == "mean":
         # Mean over the local queries, so that averaging gradients across processes gives the
         # single-process gradient.
-        loss = per_query.mean()
-    else:
-        q = official_weights(log_s_pos, log_s_neg)
-        if gradient == "paper":
-            q = q.detach()
-        loss = (q * per_query).sum()
+        return per_query.mean()
+    q = official_weights(log_s_pos, log_s_neg)
+    if hp.gradient == "paper":
+        q = q.detach()
+    return (q * per_query).sum()
 
+
+def _stats(per_query: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor) -> dict[str, float]:
+    """``last_stats``: mean active positives and negatives per query, share of non-zero losses."""
     with torch.no_grad():
         stats = torch.stack(
             [n_pos.mean(), n_neg.mean(), (per_query.detach() > 0).to(n_pos.dtype).mean()]
         ).tolist()
-    return loss, {"active_pos": stats[0], "active_neg": stats[1], "nonzero_frac": stats[2]}
-
-
-def _copies(
-    indices: torch.Tensor | None,
-    ref_indices: torch.Tensor | None,
-    n: int,
-    m: int,
-    self_ref: bool,
-    self_cols: torch.Tensor | None,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (query, reference) pairs of one sample other than the self pairs, or None."""
-    if indices is None:
-        raise ValueError(
-            "ref_indices was given without indices; pass the dataset indices of the queries too"
-        )
-    ids = _check_indices("indices", indices, n, device)
-    if ref_indices is None:
-        if not self_ref:
-            raise ValueError(
-                "indices were given with ref_emb but without ref_indices; pass the dataset index "
-                "of every reference row too (ref_indices)"
-            )
-        ref_ids = ids
-    else:
-        ref_ids = _check_indices("ref_indices", ref_indices, m, device)
-    if self_cols is None and self_ref:
-        self_cols = torch.arange(n, device=device)
-    return copy_pairs(ids, ref_ids, self_cols)
+    return {"active_pos": stats[0], "active_neg": stats[1], "nonzero_frac": stats[2]}
 
 
 def ranked_list_loss(
@@ -256,10 +184,33 @@ def ranked_list_loss(
     """Functional form of :class:`RankedListLoss`; see the class for every argument."""
     hp = _check_options(margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size)
     loss, _ = _ranked_list_loss(
-        embeddings, labels, ref_emb, ref_labels, self_index, hp, normalize, gradient, reduction,
-        chunk_size, indices=indices, ref_indices=ref_indices,
+        embeddings, labels, hp, ref_emb, ref_labels, self_index,
+        indices=indices, ref_indices=ref_indices,
     )  # fmt: skip
     return loss
+
+
+class _Validated:
+    """An option of :class:`RankedListLoss` as an attribute: reading it gives the value in use,
+    setting it validates the options with the new value (a bad one raises and changes nothing).
+
+    A plain attribute would skip the checks, and would keep the constructor's ``1 + margin / 2``
+    for an ``alpha`` given as ``None`` after a change of ``margin``.
+    """
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, loss: RankedListLoss | None, owner: type | None = None) -> object:
+        if loss is None:
+            return self
+        return getattr(loss._hp, self.name)
+
+    def __set__(self, loss: RankedListLoss, value: object) -> None:
+        loss._configure(**{self.name: value})
 
 
 class RankedListLoss(nn.Module):
@@ -285,15 +236,17 @@ class RankedListLoss(nn.Module):
             work buffers), no chunking for ``"autograd"``; with ``"autograd"`` a chunk size turns on
             gradient checkpointing per chunk.
 
-    ``forward(embeddings, labels, ref_emb=None, ref_labels=None, self_index=None)``: queries are
-    the rows of ``embeddings`` (N x D, any float dtype; float16/bfloat16 are computed in float32),
-    ranked against ``ref_emb`` (M x D) or against the batch itself. The self pair is excluded by
-    index: the diagonal when ``ref_emb`` is None or is ``embeddings``, else the rows given by
-    ``self_index`` (LongTensor of length N, -1 for none; distributed training passes
-    ``rank * n_local + arange(n_local)``). The returned loss is float32 (float64 for float64
-    input), whatever the enclosing autocast region: the loss turns autocast off for itself. After
-    each call ``last_stats`` holds the mean numbers of active positives and negatives per query and
-    the fraction of queries with a non-zero loss.
+    ``forward(embeddings, labels, ref_emb=None, ref_labels=None, self_index=None, indices=None,
+    ref_indices=None)``: queries are the rows of ``embeddings`` (N x D, any float dtype;
+    float16/bfloat16 are computed in float32), ranked against ``ref_emb`` (M x D) or against the
+    batch itself. The self pair is excluded by index: the diagonal when ``ref_emb`` is None or is
+    ``embeddings``, else the rows given by ``self_index`` (LongTensor of length N, -1 for none;
+    distributed training passes ``start + arange(n_local)``, ``start`` being the number of rows
+    gathered from the lower ranks, whose batches may differ in size). The returned loss is float32
+    (float64 for float64 input), whatever the enclosing autocast region: the loss turns autocast
+    off for itself. After each call ``last_stats`` holds the mean numbers of active positives and
+    negatives per query and the fraction of queries with a non-zero loss
+    (:meth:`loss_and_stats` returns them instead).
 
     ``indices`` (LongTensor of length N, the samples' dataset indices) and ``ref_indices`` (one
     per reference row; default ``indices`` when the batch is its own reference set): an image is
@@ -320,7 +273,7 @@ class RankedListLoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        self._options: dict[str, object] = {}
+        self._options: dict[str, object] = {}  # as given: an alpha of None stays None
         self._hp: HyperParameters
         self._configure(
             margin=margin, alpha=alpha, Tn=Tn, Tp=Tp, lam=lam, normalize=normalize,
@@ -338,89 +291,20 @@ class RankedListLoss(nn.Module):
             options["alpha"] = hp.alpha
         self._options, self._hp = options, hp
 
-    # The options are properties so that a change is validated at once and alpha = None keeps
-    # meaning 1 + margin / 2 (a plain attribute would keep the constructor's margin).
-
-    @property
-    def margin(self) -> float:
-        """m >= 0: positives must lie within ``alpha - margin`` of the query."""
-        return self._hp.margin
-
-    @margin.setter
-    def margin(self, value: float) -> None:
-        self._configure(margin=value)
-
-    @property
-    def alpha(self) -> float:
-        """The negative boundary in use: the given value, or ``1 + margin / 2`` if it was None."""
-        return self._hp.alpha
-
-    @alpha.setter
-    def alpha(self, value: float | None) -> None:
-        self._configure(alpha=value)
-
-    @property
-    def Tn(self) -> float:
-        """Temperature of the negative weights."""
-        return self._hp.Tn
-
-    @Tn.setter
-    def Tn(self, value: float) -> None:
-        self._configure(Tn=value)
-
-    @property
-    def Tp(self) -> float:
-        """Temperature of the positive weights."""
-        return self._hp.Tp
-
-    @Tp.setter
-    def Tp(self, value: float) -> None:
-        self._configure(Tp=value)
-
-    @property
-    def lam(self) -> float:
-        """Weight of the negative term."""
-        return self._hp.lam
-
-    @lam.setter
-    def lam(self, value: float) -> None:
-        self._configure(lam=value)
-
-    @property
-    def normalize(self) -> bool:
-        """Whether the embeddings (and the reference set) are L2-normalised first."""
-        return self._options["normalize"]  # type: ignore[return-value]
-
-    @normalize.setter
-    def normalize(self, value: bool) -> None:
-        self._configure(normalize=value)
-
-    @property
-    def gradient(self) -> str:
-        """``"paper"`` or ``"autograd"``."""
-        return self._options["gradient"]  # type: ignore[return-value]
-
-    @gradient.setter
-    def gradient(self, value: str) -> None:
-        self._configure(gradient=value)
-
-    @property
-    def reduction(self) -> str:
-        """``"mean"``, ``"none"`` or ``"official"``."""
-        return self._options["reduction"]  # type: ignore[return-value]
-
-    @reduction.setter
-    def reduction(self, value: str) -> None:
-        self._configure(reduction=value)
-
-    @property
-    def chunk_size(self) -> int | None:
-        """Query rows processed at once (``None``: automatic)."""
-        return self._options["chunk_size"]  # type: ignore[return-value]
-
-    @chunk_size.setter
-    def chunk_size(self, value: int | None) -> None:
-        self._configure(chunk_size=value)
+    # The options: validated on every change (see _Validated).
+    margin = _Validated("m >= 0: positives must lie within ``alpha - margin`` of the query.")
+    alpha = _Validated(
+        "The negative boundary in use: the given value, or ``1 + margin / 2`` if it was None."
+    )
+    Tn = _Validated("Temperature of the negative weights.")
+    Tp = _Validated("Temperature of the positive weights.")
+    lam = _Validated("Weight of the negative term.")
+    normalize = _Validated(
+        "Whether the embeddings (and the reference set) are L2-normalised first."
+    )
+    gradient = _Validated('``"paper"`` or ``"autograd"``.')
+    reduction = _Validated('``"mean"``, ``"none"`` or ``"official"``.')
+    chunk_size = _Validated("Query rows processed at once (``None``: automatic).")
 
     def forward(
         self,
@@ -433,28 +317,39 @@ class RankedListLoss(nn.Module):
         ref_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of ``embeddings`` ranked against ``ref_emb`` (default: the batch itself)."""
-        loss, self.last_stats = _ranked_list_loss(
-            embeddings, labels, ref_emb, ref_labels, self_index, self._hp, self.normalize,
-            self.gradient, self.reduction, self.chunk_size,
+        loss, self.last_stats = self.loss_and_stats(
+            embeddings, labels, ref_emb, ref_labels, self_index,
             indices=indices, ref_indices=ref_indices,
         )  # fmt: skip
         return loss
 
-    def _loss_and_stats(
+    def loss_and_stats(
         self,
         embeddings: torch.Tensor,
         labels: torch.Tensor,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
-        self_index: torch.Tensor | None,
-        excluded: tuple[torch.Tensor, torch.Tensor] | None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        self_index: torch.Tensor | None = None,
+        *,
+        indices: torch.Tensor | None = None,
+        ref_indices: torch.Tensor | None = None,
+        excluded: Pairs | None = None,
         memory_gallery: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``forward`` with further excluded ``(query, reference)`` pairs, for the memory bank
-        (see :func:`_ranked_list_loss` for ``memory_gallery``)."""
+        """``forward``'s loss and the statistics it stores in ``last_stats``, returned instead of
+        stored: for a loss built on this one (a memory bank's), which keeps statistics of its own.
+
+        Besides ``forward``'s arguments: ``excluded``, further ``(query rows, reference rows)``
+        pairs left out of the ranked lists (long tensors on the device, sorted by query row; not
+        together with ``indices``), and ``memory_gallery``: ``ref_emb`` is a batch + memory
+        gallery whose rows are kept as the loss uses them (L2-normalised when it normalises),
+        most of them trivial for any query; with ``gradient="paper"`` they are not checked or
+        normalised again, and each chunk of queries is ranked against its candidate rows only.
+        """
         return _ranked_list_loss(
-            embeddings, labels, ref_emb, ref_labels, self_index, self._hp, self.normalize,
-            self.gradient, self.reduction, self.chunk_size, excluded, memory_gallery,
+            embeddings, labels, self._hp, ref_emb, ref_labels, self_index,
+            indices=indices, ref_indices=ref_indices, excluded=excluded,
+            memory_gallery=memory_gallery,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
