@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rankedlist.data import GlyphDataset
-from rankedlist.data.cars196 import Cars196
-from rankedlist.data.csv_dataset import CSVDataset
-from rankedlist.data.cub200 import CUB200
-from rankedlist.data.image_folder import ImageFolderDataset
-from rankedlist.data.inshop import InShop
-from rankedlist.data.sop import StanfordOnlineProducts
+from rankedlist.data import (
+    CUB200,
+    Cars196,
+    CSVDataset,
+    GlyphDataset,
+    ImageFolderDataset,
+    InShop,
+    StanfordOnlineProducts,
+)
 from rankedlist.data.splits import val_class_mask
 
 

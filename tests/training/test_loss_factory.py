@@ -271,3 +271,12 @@ def test_which_losses_take_the_samples_indices():
         assert not loss_fn.needs_indices
         x, y = _batch(seed=9)
         assert loss_fn(x, y, torch.arange(len(y))).isfinite()
+
+
+def test_the_config_refuses_a_memory_for_the_losses_whose_record_refuses_it():
+    """The recipe check (config_schema, above the factory) keeps its own list of the losses that
+    take a memory; it must be the records' one."""
+    from rankedlist.training.config_schema import MEMORY_LOSSES
+    from rankedlist.training.loss_factory import LOSSES
+
+    assert MEMORY_LOSSES == tuple(r.name for r in LOSSES.values() if r.takes_memory)

@@ -13,20 +13,11 @@ item ids, so the same item has the same label on both sides.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from rankedlist.data.image_list_dataset import (
-    ImageListDataset,
-    benchmark_missing_hint,
-    remap_to_contiguous,
-    require_file,
-    resolve_dir,
-)
-from rankedlist.data.splits import count_split, select_class_split, verify_counts
+from rankedlist.data.benchmark_dataset import BenchmarkDataset, BenchmarkListing
 
 __all__ = ["InShop", "INSHOP_URL", "INSHOP_EXPECTED_COUNTS"]
 
@@ -68,29 +59,26 @@ def _read_partition(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return relpaths, items, np.array(status)
 
 
-class InShop(ImageListDataset):
+class InShop(BenchmarkDataset):
     """In-Shop Clothes Retrieval (Liu et al. 2016), 52,712 images of 7,982 clothing items.
 
     Args:
         root: the folder holding ``Eval/`` and ``Img/``.
         split: ``"train"``, ``"val"``, ``"query"`` or ``"gallery"``.
         transform, val_fraction, check_counts, skip_corrupt, val_fold: as for
-            :class:`rankedlist.data.cub200.CUB200`.
+            :class:`rankedlist.data.benchmark_dataset.BenchmarkDataset`.
         expected_counts: replace the published counts; keys ``train``, ``query``, ``gallery`` and
             ``test`` (query and gallery together; its class count is the number of test items).
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike | None,
-        split: str = "train",
-        transform: Callable | None = None,
-        val_fraction: float = 0.0,
-        check_counts: bool = True,
-        expected_counts: Mapping[str, tuple[int, int | None]] | None = None,
-        skip_corrupt: bool = False,
-        val_fold: int = 0,
-    ) -> None:
+    TITLE = "In-Shop"
+    KEY = "inshop"
+    URL = INSHOP_URL
+    LAYOUT = INSHOP_LAYOUT
+    EXPECTED_COUNTS = INSHOP_EXPECTED_COUNTS
+    SHARED_CLASS_SPLITS = ("query", "gallery")
+
+    def check_split(self, split: str) -> None:
         if split == "test":
             raise ValueError(
                 "In-Shop has no single 'test' split: its protocol ranks split='query' against "
@@ -100,41 +88,32 @@ class InShop(ImageListDataset):
             raise ValueError(
                 f"In-Shop: unknown split {split!r}; use 'train', 'val', 'query' or 'gallery'"
             )
-        base = resolve_dir(root, "In-Shop", INSHOP_LAYOUT, INSHOP_URL)
-        part = require_file(
-            base / "Eval" / "list_eval_partition.txt", "In-Shop", INSHOP_LAYOUT, INSHOP_URL
-        )
+
+    def read_listing(self, base: Path) -> BenchmarkListing:
+        part = self.require(base / "Eval" / "list_eval_partition.txt")
         relpaths, items, status = _read_partition(part)
-        keys = np.array(items)
-        masks = {s: status == s for s in _STATUSES}
-        masks["test"] = masks["query"] | masks["gallery"]
-        if check_counts:
-            expected = INSHOP_EXPECTED_COUNTS if expected_counts is None else expected_counts
-            found = {s: count_split(m, keys) for s, m in masks.items()}
-            verify_counts("In-Shop", part, found, expected, INSHOP_URL)
+        official = {s: status == s for s in _STATUSES}
+        official["test"] = official["query"] | official["gallery"]  # counted, never selected
         # The partition file says img/...; the archive unpacks to Img/img/...
         image_dir = base / "Img"
         if relpaths and not (image_dir / relpaths[0]).exists() and (base / relpaths[0]).exists():
             image_dir = base
-        if split in ("query", "gallery"):
-            # One class list for both sides: labels index the sorted test items.
-            test_items = np.unique(keys[masks["test"]])
-            idx = np.flatnonzero(masks[split])
-            labels = np.searchsorted(test_items, keys[idx]).astype(np.int64)
-            classes = test_items.tolist()
-        else:
-            rows = select_class_split(
-                split, masks["train"], None, keys, val_fraction, "In-Shop", val_fold
-            )
-            idx = np.flatnonzero(rows)
-            labels, classes = remap_to_contiguous(keys[idx])
-        super().__init__(
-            [image_dir / relpaths[i] for i in idx],
-            labels,
-            classes,
-            transform=transform,
-            skip_corrupt=skip_corrupt,
-            name=f"inshop/{split}",
-            missing_hint=benchmark_missing_hint(INSHOP_LAYOUT, INSHOP_URL),
-            keep_classes=split in ("query", "gallery"),
+        return BenchmarkListing(
+            image_dir=image_dir,
+            relpaths=relpaths,
+            class_keys=np.array(items),
+            official=official,
+            count_source=part,
         )
+
+    def select_rows(
+        self, listing: BenchmarkListing, split: str, val_fraction: float, val_fold: int
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if split not in ("query", "gallery"):
+            return super().select_rows(listing, split, val_fraction, val_fold)
+        # One class list for both sides: labels index the sorted test items.
+        keys = listing.class_keys
+        test_items = np.unique(keys[listing.official["test"]])
+        rows = np.flatnonzero(listing.official[split])
+        labels = np.searchsorted(test_items, keys[rows]).astype(np.int64)
+        return rows, labels, test_items.tolist()

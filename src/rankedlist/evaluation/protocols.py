@@ -21,12 +21,13 @@ class Protocol:
     separate_gallery: bool = False
 
 
+# In the order messages list them (rankedlist.report.PROTOCOL_NAMES): the demo first.
 PROTOCOLS: dict[str, Protocol] = {
+    "glyphs": Protocol("glyphs", (1, 2, 4, 8)),
     "cub200": Protocol("cub200", (1, 2, 4, 8)),
     "cars196": Protocol("cars196", (1, 2, 4, 8)),
     "sop": Protocol("sop", (1, 10, 100, 1000)),
     "inshop": Protocol("inshop", (1, 10, 20, 30, 40, 50), separate_gallery=True),
-    "glyphs": Protocol("glyphs", (1, 2, 4, 8)),
     "default": Protocol("default", (1, 2, 4, 8)),
 }
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from rankedlist import __version__
 from rankedlist.atomic_write import atomic_write_text
+from rankedlist.evaluation import PROTOCOLS
 from rankedlist.report import markdown as md
 from rankedlist.report.embedding_map import plot_embedding_map
 from rankedlist.report.published_results import PUBLISHED_UNITS, published_results
@@ -20,8 +21,8 @@ from rankedlist.report.recall_at_k_plot import plot_recall_at_k
 from rankedlist.report.retrieval_grid import plot_retrieval_grid
 from rankedlist.report.training_curves import plot_training_curves
 
-#: Protocol names ``write_report`` accepts (the evaluation's presets).
-PROTOCOL_NAMES = ("glyphs", "cub200", "cars196", "sop", "inshop", "default")
+#: Protocol names ``write_report`` accepts: the evaluation's presets.
+PROTOCOL_NAMES = tuple(PROTOCOLS)
 #: File names inside the run folder, by the key ``write_report`` returns them under.
 FILE_NAMES = {
     "metrics": "metrics.json",
@@ -40,14 +41,6 @@ _DATASET_TITLES = {
     "sop": "Stanford Online Products",
     "inshop": "In-Shop Clothes",
 }
-
-
-def _protocol_ks(protocol: str) -> list[int]:
-    """The protocol's Recall@K cut-offs, from the evaluation's presets."""
-    from rankedlist.evaluation import PROTOCOLS  # here: the evaluation package imports torch
-
-    preset = PROTOCOLS.get(protocol)
-    return [int(k) for k in preset.ks] if preset is not None else []
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,7 +223,7 @@ def write_report(
     reference = [r for r in rows if r.kind == "reference"]
     fused = test_metrics["fused"]
     heads = {k: v for k, v in test_metrics.items() if k != "fused"}
-    ks = md.recall_ks([k for m in test_metrics.values() for k in m], _protocol_ks(protocol))
+    ks = md.recall_ks([k for m in test_metrics.values() for k in m], list(PROTOCOLS[protocol].ks))
 
     written: dict[str, Path] = {}
     metrics_doc = {

@@ -27,8 +27,11 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
-# Losses that can rank against a cross-batch memory (RLL's own; PML's CrossBatchMemory for the
-# pairings of the XBM paper). Proxy-based and the remaining baselines cannot.
+# Losses that can rank against a cross-batch memory, for refusing a recipe when it is loaded.
+# Each loss's record in rankedlist.training.loss_factory says it (takes_memory), and the factory
+# refuses a memory by that; this module sits above the factory in the training room's import order
+# (tests/test_architecture.py), so it cannot read the records, and test_loss_factory.py checks the
+# two agree.
 MEMORY_LOSSES = ("rll", "contrastive", "multi_similarity")
 
 

@@ -5,8 +5,10 @@
 :mod:`rankedlist.training.global_batch_loss` for how a distributed run gathers it) and whose
 ``last_stats`` holds RLL's statistics (``{}`` for baselines).
 
-Names and what they build (baselines come from pytorch-metric-learning, not rewritten, so the
-comparison is against the reference implementations):
+Each loss is one :class:`LossRecord` in :data:`LOSSES` (its class, its miner, whether it takes a
+cross-batch memory and the samples' indices); adding a loss is adding its record. Names and what
+they build (baselines come from pytorch-metric-learning, not rewritten, so the comparison is
+against the reference implementations):
 
 ================== =========================================================================
 ``rll``            :class:`rankedlist.losses.RankedListLoss`; params: its constructor
@@ -54,35 +56,111 @@ trainer must give ``loss_module.parameters()`` to its optimiser (the Proxy-Ancho
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from rankedlist.training.config import MEMORY_LOSSES
+from rankedlist.losses import (
+    MemoryBank,
+    MemoryRankedListLoss,
+    PMLCrossBatchMemory,
+    RankedListLoss,
+)
 from rankedlist.training.distributed import DistributedContext
 
-__all__ = ["LOSS_NAMES", "build_loss", "valid_params", "has_parameters"]
+__all__ = [
+    "LOSSES",
+    "LOSS_NAMES",
+    "LossBuilder",
+    "LossRecord",
+    "build_loss",
+    "has_parameters",
+    "valid_params",
+]
 
-LOSS_NAMES: tuple[str, ...] = (
-    "rll",
-    "contrastive",
-    "triplet",
-    "multi_similarity",
-    "npair",
-    "lifted",
-    "proxy_anchor",
-)
 
-# name -> (PML loss class, PML miner class or None, miner defaults)
-_BASELINES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
-    "contrastive": ("ContrastiveLoss", None, {}),
-    "triplet": ("TripletMarginLoss", "TripletMarginMiner", {"type_of_triplets": "semihard"}),
-    "multi_similarity": ("MultiSimilarityLoss", "MultiSimilarityMiner", {}),
-    "npair": ("NPairsLoss", None, {}),
-    "lifted": ("GeneralizedLiftedStructureLoss", None, {}),
-    "proxy_anchor": ("ProxyAnchorLoss", None, {}),
+#: ``builder(record, loss_kwargs, embedding_dim, memory_size, memory_start) -> loss module``.
+LossBuilder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class LossRecord:
+    """One loss the factory builds by name: what it is made of and what it can take.
+
+    Attributes:
+        name: the recipe's ``loss.name``.
+        loss_class: the class, or for a pytorch-metric-learning loss its name in
+            ``pytorch_metric_learning.losses`` (PML is an optional extra, imported when used).
+        builder: builds the module when the constructor alone does not (RLL: its reduction check
+            and its own memory); None for the PML losses, built with their miner and, given a
+            memory, PML's CrossBatchMemory.
+        miner_class: the ``pytorch_metric_learning.miners`` class that picks the loss's tuples,
+            or None (the loss uses every pair of the batch).
+        miner_defaults: the miner's arguments where the factory's default is not PML's.
+        takes_memory: can rank each batch against a cross-batch memory (``memory_size > 0``).
+        takes_indices: given the samples' dataset indices, leaves the pairs of one sample out.
+        proxies: learns one proxy per class: the factory passes ``num_classes`` and
+            ``embedding_size`` to the class, and labels must lie in ``[0, num_classes)``.
+    """
+
+    name: str
+    loss_class: type | str
+    builder: LossBuilder | None = None
+    miner_class: str | None = None
+    miner_defaults: Mapping[str, Any] = field(default_factory=dict)
+    takes_memory: bool = False
+    takes_indices: bool = True
+    proxies: bool = False
+
+
+def _build_rll(
+    record: LossRecord,
+    loss_kwargs: dict[str, Any],
+    embedding_dim: int,
+    memory_size: int,
+    memory_start: int,
+) -> nn.Module:
+    """RLL, ranked against its own memory when ``memory_size`` > 0."""
+    if loss_kwargs.get("reduction", "mean") == "none":
+        raise ValueError(
+            "loss 'rll' with reduction='none' returns one value per query; training needs a "
+            "scalar: use reduction='mean' (the paper) or 'official'"
+        )
+    loss = _construct(record.name, RankedListLoss, loss_kwargs)
+    if memory_size:
+        memory = MemoryBank(memory_size, embedding_dim, start=memory_start)
+        loss = MemoryRankedListLoss(loss, memory)
+    return loss
+
+
+#: Every loss, in the order listed to users.
+LOSSES: dict[str, LossRecord] = {
+    r.name: r
+    for r in (
+        LossRecord("rll", RankedListLoss, builder=_build_rll, takes_memory=True),
+        LossRecord("contrastive", "ContrastiveLoss", takes_memory=True),
+        LossRecord(
+            "triplet",
+            "TripletMarginLoss",
+            miner_class="TripletMarginMiner",
+            miner_defaults={"type_of_triplets": "semihard"},
+        ),
+        LossRecord(
+            "multi_similarity",
+            "MultiSimilarityLoss",
+            miner_class="MultiSimilarityMiner",
+            takes_memory=True,
+        ),
+        LossRecord("npair", "NPairsLoss"),
+        LossRecord("lifted", "GeneralizedLiftedStructureLoss"),
+        # Proxies pair no samples, so there is no pair of one sample to leave out.
+        LossRecord("proxy_anchor", "ProxyAnchorLoss", takes_indices=False, proxies=True),
+    )
 }
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+
 # Filled in by the factory from its keyword arguments, so not user parameters.
 _FACTORY_FILLED = {"num_classes", "embedding_size"}
 _MINER_PREFIX = "miner_"
@@ -100,29 +178,28 @@ def _constructor_params(cls: type) -> list[str]:
     ]
 
 
-def _classes(name: str) -> tuple[type, type | None]:
-    if name == "rll":
-        from rankedlist.losses import RankedListLoss
-
-        return RankedListLoss, None
+def _classes(record: LossRecord) -> tuple[type, type | None]:
+    """The loss class and the miner class (None: no miner) of ``record``."""
+    if isinstance(record.loss_class, type):
+        return record.loss_class, None
     from rankedlist.extras import require
 
-    feature = f"loss.name={name} (a pytorch-metric-learning baseline)"
+    feature = f"loss.name={record.name} (a pytorch-metric-learning baseline)"
     losses = require("pytorch_metric_learning.losses", "baselines", feature)
     miners = require("pytorch_metric_learning.miners", "baselines", feature)
-    loss_name, miner_name, _ = _BASELINES[name]
-    return getattr(losses, loss_name), (getattr(miners, miner_name) if miner_name else None)
+    miner = getattr(miners, record.miner_class) if record.miner_class else None
+    return getattr(losses, record.loss_class), miner
 
 
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name not in LOSS_NAMES:
+def _record(name: str) -> LossRecord:
+    if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
-    return name
+    return LOSSES[name]
 
 
 def valid_params(name: str) -> list[str]:
     """The parameter keys ``build_loss(name, params)`` accepts (miner keys prefixed ``miner_``)."""
-    loss_cls, miner_cls = _classes(_check_name(name))
+    loss_cls, miner_cls = _classes(_record(name))
     keys = _constructor_params(loss_cls)
     if miner_cls is not None:
         keys += [_MINER_PREFIX + k for k in _constructor_params(miner_cls)]
@@ -175,90 +252,117 @@ def build_loss(
     """
     from rankedlist.training.global_batch_loss import GlobalBatchLoss
 
-    _check_name(name)
+    record = _record(name)
     if params is None:
         params = {}
     if not isinstance(params, Mapping):
         raise TypeError(f"params of loss {name!r} must be a mapping, got {type(params).__name__}")
-    _check_memory(name, memory_size, memory_start, embedding_dim)
-    loss_cls, miner_cls = _classes(name)
-    valid = valid_params(name)
+    _check_memory(record, memory_size, memory_start, embedding_dim)
+    loss_kwargs, miner_kwargs = _split_params(record, params)
+    if record.builder is not None:
+        loss = record.builder(record, loss_kwargs, embedding_dim, memory_size, memory_start)
+        return GlobalBatchLoss(loss, name, ctx=ctx)
+    loss, miner = _build_pml(
+        record, loss_kwargs, miner_kwargs, num_classes, embedding_dim, memory_size, memory_start
+    )
+    return GlobalBatchLoss(
+        loss,
+        name,
+        miner=miner,
+        ctx=ctx,
+        num_classes=num_classes if record.proxies else None,
+        drop_copies=record.takes_indices,
+    )
+
+
+def _split_params(
+    record: LossRecord, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``params`` checked against :func:`valid_params`, as (loss kwargs, miner kwargs)."""
+    valid = valid_params(record.name)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown parameter(s) {unknown} for loss {name!r}; valid parameters: "
+            f"unknown parameter(s) {unknown} for loss {record.name!r}; valid parameters: "
             f"{', '.join(valid) if valid else '(none)'}"
         )
     loss_kwargs = {k: v for k, v in params.items() if not k.startswith(_MINER_PREFIX)}
     miner_kwargs = {
         k[len(_MINER_PREFIX) :]: v for k, v in params.items() if k.startswith(_MINER_PREFIX)
     }
+    return loss_kwargs, miner_kwargs
 
-    if name == "rll":
-        if loss_kwargs.get("reduction", "mean") == "none":
-            raise ValueError(
-                "loss 'rll' with reduction='none' returns one value per query; training needs a "
-                "scalar: use reduction='mean' (the paper) or 'official'"
-            )
-        loss = _construct(name, loss_cls, loss_kwargs)
-        if memory_size:
-            from rankedlist.losses import MemoryBank, MemoryRankedListLoss
 
-            memory = MemoryBank(memory_size, embedding_dim, start=memory_start)
-            loss = MemoryRankedListLoss(loss, memory)
-        return GlobalBatchLoss(loss, name, ctx=ctx)
+def _with_proxy_sizes(
+    record: LossRecord, loss_kwargs: dict[str, Any], num_classes: Any, embedding_dim: Any
+) -> dict[str, Any]:
+    """The loss arguments with the proxies' count and size, which the factory fills in."""
+    for key, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"loss {record.name!r} needs a positive int {key}, got {value!r}")
+    return {"num_classes": num_classes, "embedding_size": embedding_dim, **loss_kwargs}
 
-    if name == "proxy_anchor":
-        for key, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"loss 'proxy_anchor' needs a positive int {key}, got {value!r}")
-        loss_kwargs = {"num_classes": num_classes, "embedding_size": embedding_dim, **loss_kwargs}
-    loss = _construct(name, loss_cls, loss_kwargs)
 
-    miner = None
+def _build_pml(
+    record: LossRecord,
+    loss_kwargs: dict[str, Any],
+    miner_kwargs: dict[str, Any],
+    num_classes: Any,
+    embedding_dim: Any,
+    memory_size: int,
+    memory_start: int,
+) -> tuple[nn.Module, nn.Module | None]:
+    """A PML loss and its miner (None: no miner, or the miner went into the memory)."""
+    if record.proxies:
+        loss_kwargs = _with_proxy_sizes(record, loss_kwargs, num_classes, embedding_dim)
+    loss_cls, miner_cls = _classes(record)
+    loss = _construct(record.name, loss_cls, loss_kwargs)
+    miner = _build_miner(record, miner_cls, miner_kwargs, loss)
+    if not memory_size:
+        return loss, miner
+    from pytorch_metric_learning.losses import CrossBatchMemory
+
+    # The miner goes inside: PML's memory mines the batch against the memory.
+    memory = PMLCrossBatchMemory(
+        CrossBatchMemory, loss, miner, embedding_dim, memory_size, memory_start
+    )
+    return memory, None
+
+
+def _build_miner(
+    record: LossRecord, miner_cls: type | None, miner_kwargs: dict[str, Any], loss: nn.Module
+) -> nn.Module | None:
+    """The miner of ``record`` (None when it has none), the factory's defaults under
+    ``miner_kwargs``."""
     kind = miner_kwargs.get("type_of_triplets", "semihard")
-    if name == "triplet" and kind not in _TRIPLET_TYPES:
+    if record.name == "triplet" and kind not in _TRIPLET_TYPES:
         # PML does not check it and silently mines "all" for an unknown value.
         raise ValueError(
             f"miner_type_of_triplets={kind!r} for loss 'triplet'; "
             f"valid: {', '.join(_TRIPLET_TYPES)}"
         )
-    if miner_cls is not None:
-        defaults = dict(_BASELINES[name][2])
-        if name == "triplet" and "margin" not in miner_kwargs:
-            # Semi-hard mining selects the triplets inside the loss's own margin.
-            defaults["margin"] = loss.margin
-        miner = _construct(name, miner_cls, {**defaults, **miner_kwargs}, what="miner")
-    if memory_size:
-        from pytorch_metric_learning.losses import CrossBatchMemory
-
-        from rankedlist.losses import PMLCrossBatchMemory
-
-        # The miner goes inside: PML's memory mines the batch against the memory.
-        loss = PMLCrossBatchMemory(
-            CrossBatchMemory, loss, miner, embedding_dim, memory_size, memory_start
-        )
-        miner = None
-    return GlobalBatchLoss(
-        loss,
-        name,
-        miner=miner,
-        ctx=ctx,
-        num_classes=num_classes if name == "proxy_anchor" else None,
-        drop_copies=name != "proxy_anchor",
-    )
+    if miner_cls is None:
+        return None
+    defaults = dict(record.miner_defaults)
+    if record.name == "triplet" and "margin" not in miner_kwargs:
+        # Semi-hard mining selects the triplets inside the loss's own margin.
+        defaults["margin"] = loss.margin
+    return _construct(record.name, miner_cls, {**defaults, **miner_kwargs}, what="miner")
 
 
-def _check_memory(name: str, memory_size: Any, memory_start: Any, embedding_dim: Any) -> None:
+def _check_memory(
+    record: LossRecord, memory_size: Any, memory_start: Any, embedding_dim: Any
+) -> None:
     for key, value in (("memory_size", memory_size), ("memory_start", memory_start)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
     if not memory_size:
         return
-    if name not in MEMORY_LOSSES:
+    if not record.takes_memory:
+        able = [r.name for r in LOSSES.values() if r.takes_memory]
         raise ValueError(
-            f"loss {name!r} cannot rank against a cross-batch memory (memory_size="
-            f"{memory_size}); use one of {', '.join(MEMORY_LOSSES)} or memory_size=0"
+            f"loss {record.name!r} cannot rank against a cross-batch memory (memory_size="
+            f"{memory_size}); use one of {', '.join(able)} or memory_size=0"
         )
     if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise ValueError(f"a memory needs a positive int embedding_dim, got {embedding_dim!r}")

@@ -18,6 +18,7 @@ from rankedlist.training.run_folder import CHANGES_FILE
 
 __all__ = [
     "FIXED_ON_RESUME",
+    "MACHINE_LOCAL_KEYS",
     "SAFE_ON_RESUME",
     "check_resume_config",
     "config_differences",
@@ -25,24 +26,29 @@ __all__ = [
     "record_config_changes",
 ]
 
-#: Keys a resumed run may change: they do not change what is computed, only how long, how often
-#: it is logged, evaluated or saved, and where it runs. Everything else is refused on resume.
-SAFE_ON_RESUME = frozenset(
+#: Keys that say where and with what a run happens (and its one-line label), not what it
+#: computes: a run on another machine may set them differently. A resume may change them, and a
+#: tuning study leaves them out of the recipe that workers joining it must share.
+MACHINE_LOCAL_KEYS = frozenset(
     {
         "description",
         "data.num_workers",
-        "train.iterations",  # extends (or shortens) the run; the schedule follows the new length
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.log_every",
         "train.device",
         "train.run_dir",
-        "train.eval_batch_size",
         "train.num_threads",
-        "train.tensorboard",
-        "train.report",
     }
 )
+#: Keys a resumed run may change: they do not change what is computed, only how long, how often
+#: it is logged, evaluated or saved, and where it runs. Everything else is refused on resume.
+SAFE_ON_RESUME = MACHINE_LOCAL_KEYS | {
+    "train.iterations",  # extends (or shortens) the run; the schedule follows the new length
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.eval_batch_size",
+    "train.tensorboard",
+    "train.report",
+}
 #: Keys no resume can change, even deliberately: the saved weights would not fit the model.
 FIXED_ON_RESUME = ("model.", "data.dataset")
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from rankedlist.training.config import Config, TrainConfig, apply_overrides, load_config
 from rankedlist.training.recipes import find_recipe
+from rankedlist.training.resume_config import MACHINE_LOCAL_KEYS
 from rankedlist.tune.space import SearchSpace, held_out_text, load_space
 from rankedlist.tune.study import (
     claim_trial,
@@ -195,7 +196,7 @@ def tune(options: TuneOptions) -> TuneResult:
     storage, setup.storage_name, lock = open_storage(options.storage, out)  # before any output
     out.mkdir(parents=True, exist_ok=True)
     described = {
-        "recipe": _without_run_dir(setup.search.to_dict()),
+        "recipe": _without_machine_local_keys(setup.search.to_dict()),
         "space": setup.space.to_dict(),
         "metric": setup.metric,
     }
@@ -276,13 +277,12 @@ def _stopped_message(status: str, signum: int | None, finished: int, n: int) -> 
     )
 
 
-def _without_run_dir(data: dict[str, Any]) -> dict[str, Any]:
+def _without_machine_local_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the keys each worker may set for its own machine (MACHINE_LOCAL_KEYS)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    out.get("train", {}).pop("run_dir", None)
-    out.get("data", {}).pop("num_workers", None)
-    out.get("train", {}).pop("device", None)
-    out.get("train", {}).pop("num_threads", None)
-    out.pop("description", None)
+    for key in MACHINE_LOCAL_KEYS:
+        section, _, leaf = key.rpartition(".")
+        (out.get(section, {}) if section else out).pop(leaf, None)
     return out
 
 
