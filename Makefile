@@ -29,7 +29,8 @@ check-install: $(STAMP)
 test: lint check-install
 	$(BIN)/python -m pytest -n 2 -q tests
 
-# The edit-test loop: lint and every test but those marked slow (real multi-process runs).
+# The edit-test loop: lint and the unit tests (under 2 minutes on 2 cores). The tests marked
+# slow (end-to-end runs, several processes, injected faults, tune end to end) run in `make test`.
 test-fast: lint
 	$(BIN)/python -m pytest -n 2 -q -m "not slow" tests
 

@@ -1,5 +1,9 @@
-"""Fixtures shared by every test folder: child processes, the ranks of a gloo job, and a
-throw-away PostgreSQL server (``postgres_url``)."""
+"""Fixtures shared by every test folder: the tiny glyph run (``tiny_run``), child processes,
+the ranks of a gloo job, and a throw-away PostgreSQL server (``postgres_url``).
+
+``tests/`` is on ``sys.path`` (the ``pythonpath`` option in pyproject.toml): its helper modules
+``_tiny_run`` (the tiny run for scripts in child processes) and ``_workers`` (a worker script
+loaded as a module) import from any test folder."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from _tiny_run import TinyRun
 
 REPO = Path(__file__).resolve().parents[1]
 _JOB_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
@@ -68,6 +73,14 @@ def launch_gloo_ranks(
             f"rank {rank} exited with {p.returncode}, expected {expect}:\n{log[-4000:]}"
         )
     return logs
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> TinyRun:
+    """The tiny glyph run (:class:`_tiny_run.TinyRun`): ``tiny_run.config(run_dir, *overrides)``,
+    ``tiny_run.train(run_dir, *args)`` (the CLI in this process), ``tiny_run.argv(...)``,
+    ``tiny_run.overrides``, ``tiny_run.records(run_dir)``."""
+    return TinyRun()
 
 
 @pytest.fixture(scope="session")

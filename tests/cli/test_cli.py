@@ -15,20 +15,10 @@ from rankedlist.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 GLYPHS = str(ROOT / "configs" / "glyphs.yaml")
-TINY = [
-    "data.p=8",
-    "data.k=2",
-    "data.image_size=32",
-    "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}",
-    "train.log_every=1",
-    "train.eval_batch_size=512",
-    "train.device=cpu",
-]
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, tiny_run):
     """One tiny run through the CLI, with validation, report and TensorBoard (shared)."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
     code = main(
@@ -36,7 +26,7 @@ def demo_run(tmp_path_factory):
             "train",
             "--config",
             GLYPHS,
-            *TINY,
+            *tiny_run.core,
             "train.iterations=6",
             "train.eval_every=3",
             "data.val_fraction=0.25",
@@ -53,6 +43,7 @@ def test_help_lists_the_subcommands(capsys):
         assert command in out
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_folder(demo_run, capsys):
     code, run_dir = demo_run
     assert code == 0
@@ -76,6 +67,7 @@ def test_train_writes_the_run_folder(demo_run, capsys):
     assert metrics["config"]["train"]["iterations"] == 6
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_test_metrics(demo_run, capsys, tmp_path):
     _, run_dir = demo_run
     out_file = tmp_path / "eval.json"
@@ -112,8 +104,8 @@ def test_show_config_resolves_a_recipe_name_and_dashed_overrides(capsys):
         (["train.amp=fp16"], ["fp16", "CUDA"]),
     ],
 )
-def test_bad_config_or_data_exits_2_with_a_message(args, words, capsys, tmp_path):
-    argv = ["train", "--config", GLYPHS, *TINY, f"train.run_dir={tmp_path}", *args]
+def test_bad_config_or_data_exits_2_with_a_message(args, words, capsys, tmp_path, tiny_run):
+    argv = ["train", "--config", GLYPHS, *tiny_run.core, f"train.run_dir={tmp_path}", *args]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
@@ -126,10 +118,11 @@ def test_missing_config_file_exits_2(capsys, tmp_path):
     assert "not found" in capsys.readouterr().err
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_run):
     """A real process: ``python -m rankedlist`` stopped by SIGTERM while it trains."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rankedlist", "train", "--config", GLYPHS, *TINY,
+    cmd = [sys.executable, "-m", "rankedlist", "train", "--config", GLYPHS, *tiny_run.core,
            "train.iterations=100000", "train.tensorboard=false",
            f"train.run_dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -155,6 +148,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     assert state["iteration"] >= 1
 
 
+@pytest.mark.slow
 def test_resume_without_config_extends_a_finished_run(demo_run, tmp_path, capsys):
     import shutil
 
@@ -250,6 +244,7 @@ def test_a_missing_extra_is_one_error_line_naming_it(monkeypatch, capsys, tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_evaluate_through_an_index(demo_run, capsys, tmp_path):
     """--index-method exact reproduces the exact evaluation; ivf is scored beside it."""
     _, run_dir = demo_run

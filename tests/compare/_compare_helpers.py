@@ -13,21 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _tiny_run import TINY_LOGGING, TINY_MODEL
+
 REPO = Path(__file__).resolve().parents[2]
 SPLITS_LOG = "RANKEDLIST_COMPARE_SPLITS"
 RECORDED = "glyphs_splits"
 RECIPES = ["glyphs", "glyphs_ms"]
-TINY = [
-    "data.options={characters: ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456789}",
-    "data.p=8",
-    "data.k=2",
-    "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}",
-    "schedule.warmup_iters=1",
-    "train.log_every=1",
-    "train.eval_batch_size=512",
-    "train.deterministic=true",
-]
+# The tiny run (tests/_tiny_run.py) on 48 characters, a 1-iteration warm-up, repeatable.
+TINY = ["data.options={characters: ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456789}",
+        *TINY_MODEL, "schedule.warmup_iters=1", *TINY_LOGGING,
+        "train.deterministic=true"]  # fmt: skip
 
 
 def register_recorded_glyphs() -> None:

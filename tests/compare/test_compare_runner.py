@@ -337,8 +337,8 @@ def test_bad_input_is_one_error_line_before_anything_runs(case, tmp_path, capsys
 
 
 def test_a_plan_file_and_the_command_line_make_one_plan(tmp_path):
+    from rankedlist.cli.compare import plan_from_args
     from rankedlist.cli.main import parse_command_line
-    from rankedlist.compare.cli import plan_from_args
 
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(

@@ -9,12 +9,12 @@ compared with the numbers computed here, in the test's own process.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from _workers import load_worker
 
 import rankedlist.evaluation as ev
 
@@ -23,15 +23,7 @@ REPO = HERE.parents[1]
 WORLD = 2
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("_dist_worker", HERE / "_dist_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-W = _load_worker()
+W = load_worker(HERE / "_dist_worker.py")  # the worker's cases, computed here too
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +42,7 @@ def one_process(tmp_path_factory, gloo_ranks) -> dict:
     return json.loads((out / "rank0.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(W.cases()))
 def test_two_processes_give_the_single_process_numbers(ranks, one_process, case):
     fn, kwargs = W.cases()[case]
@@ -61,6 +54,7 @@ def test_two_processes_give_the_single_process_numbers(ranks, one_process, case)
         assert getattr(ev, fn)(**kwargs) == want
 
 
+@pytest.mark.slow
 def test_cases_cover_lone_queries_and_both_screens(ranks):
     from rankedlist.evaluation._inputs import prepare
     from rankedlist.evaluation._screened import choose_kind

@@ -1,8 +1,9 @@
 """`rankedlist export` and `rankedlist index build|add|search --model FILE.onnx`.
 
-The commands are run through their own parsers (``add_export_parser`` / ``add_index_parser``)
-and runners, as ``rankedlist`` runs them. An index built from the ONNX export must equal the one
-built from the checkpoint; every bad input ends with one ``error:`` line.
+The commands are run through their own parsers and runners (``add_parser`` and ``run`` of
+``rankedlist.cli.export`` / ``rankedlist.cli.index``), as ``rankedlist`` runs them. An index
+built from the ONNX export must equal the one built from the checkpoint; every bad input ends
+with one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import torch
 from _export_helpers import glyph_images, write_run
 from onnx import TensorProto, helper
 
-from rankedlist.export import cli_commands as export_cli
+from rankedlist.cli import export as export_cli
+from rankedlist.cli import index as index_cli
 from rankedlist.export import export_checkpoint
 from rankedlist.retrieval import EmbeddingIndex
-from rankedlist.retrieval.cli_commands import add_index_parser, run_index_command
 from rankedlist.training import save_checkpoint
 
 RUNTIME = ["--device", "cpu", "--no-progress"]
@@ -30,16 +31,16 @@ RUNTIME = ["--device", "cpu", "--no-progress"]
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankedlist")
     sub = p.add_subparsers(dest="command")
-    export_cli.add_export_parser(sub)
-    add_index_parser(sub)
+    export_cli.add_parser(sub)
+    index_cli.add_parser(sub)
     return p
 
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.command == "export":
-        return export_cli.run_export_command(args)
-    return run_index_command(args)
+        return export_cli.run(args)
+    return index_cli.run(args)
 
 
 def error_line(capsys, argv) -> str:

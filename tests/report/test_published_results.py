@@ -3,11 +3,11 @@ measurement, and agreement with the project's internal table (when that file is 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from _workers import load_worker
 
 from rankedlist.report import PUBLISHED_RESULTS, PUBLISHED_UNITS, published_result
 from rankedlist.report import published_results as rows_for
@@ -96,9 +96,7 @@ def test_short_source_defaults_to_source():
 def test_raw_pixel_row_is_what_the_benchmark_measures():
     """``benchmarks/glyphs_raw_pixels.py`` run now gives the numbers of the reference row."""
     script = REPO / "benchmarks" / "glyphs_raw_pixels.py"
-    spec = importlib.util.spec_from_file_location("glyphs_raw_pixels", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_worker(script)
     metrics, info = module.measure()
     assert info["images"] == 1638 and info["classes"] == 88 and info["dim"] == 3 * 32 * 32
     row = published_result("glyphs", RAW_PIXELS)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from _retrieval_helpers import make_image_folder, write_checkpoint
 
+from rankedlist.cli.index import add_parser as add_index_parser
+from rankedlist.cli.index import run as run_index_command
 from rankedlist.retrieval import EmbeddingIndex
 from rankedlist.retrieval import images_to_index as images_to_index_module
-from rankedlist.retrieval.cli_commands import add_index_parser, run_index_command
 
 # One image per forward pass: an image's embedding then does not depend on its batch.
 RUNTIME = ["--device", "cpu", "--no-progress", "--batch-size", "1"]

@@ -12,6 +12,8 @@ import torch
 from _retrieval_helpers import make_image_folder, write_checkpoint
 from PIL import Image
 
+from rankedlist.cli.index import add_parser as add_index_parser
+from rankedlist.cli.index import run as run_index_command
 from rankedlist.data import build_transform
 from rankedlist.retrieval import (
     EmbeddingIndex,
@@ -21,7 +23,6 @@ from rankedlist.retrieval import (
     save_search_picture,
     search_images,
 )
-from rankedlist.retrieval.cli_commands import add_index_parser, run_index_command
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _full_disk import fill, small_tmpfs
 
 from rankedlist import atomic_write as atomic_write_module
-from rankedlist.cli.main import _describe_error
+from rankedlist.cli.errors import describe_error
 from rankedlist.training import checkpoint as ckpt
 
 
@@ -130,7 +131,7 @@ def test_a_disk_that_fills_up_mid_checkpoint_is_one_oserror_naming_the_file(
         assert isinstance(err.__cause__, RuntimeError) and "unexpected pos" in str(err.__cause__)
     assert path.read_bytes() == before  # the previous checkpoint is intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file
-    message, code = _describe_error(err, "train")
+    message, code = describe_error(err, "train")
     assert code == 2 and "\n" not in message
     assert message.startswith(f"no space left on device while writing {path}; free some space")
     assert "--resume" in message
@@ -149,7 +150,7 @@ def test_a_disk_that_fills_up_mid_checkpoint_is_one_oserror_naming_the_file(
     ],
 )
 def test_each_disk_error_gets_its_own_fix(code, reason, fix):
-    message, exit_code = _describe_error(
+    message, exit_code = describe_error(
         OSError(code, os.strerror(code), "/runs/a/last.pt"), "train"
     )
     assert exit_code == 2 and message.startswith(f"{reason} /runs/a/last.pt; {fix}")
@@ -161,8 +162,6 @@ def test_each_disk_error_gets_its_own_fix(code, reason, fix):
 def test_a_real_full_disk_mid_checkpoint_is_one_oserror_naming_the_file(tmp_path, leave):
     # A small tmpfs (root only, else skipped): with a few KB left, torch.save's zip writer used
     # to end in "RuntimeError: ... unexpected pos" with no errno and no file name.
-    from test_faults import fill, small_tmpfs
-
     with small_tmpfs(tmp_path / "disk", "2m") as disk:
         path = disk / "last.pt"
         ckpt.save_checkpoint({"model": {"w": torch.zeros(100_000)}, "iteration": 1}, path)
@@ -173,5 +172,5 @@ def test_a_real_full_disk_mid_checkpoint_is_one_oserror_naming_the_file(tmp_path
         assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
         assert path.read_bytes() == before
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "last.pt"]
-        message, code = _describe_error(caught.value, "train")
+        message, code = describe_error(caught.value, "train")
         assert code == 2 and message.startswith(f"no space left on device while writing {path}")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny_run import TINY, train_records  # constants: RUN and ENTRY_POINTS are built at import
 from PIL import Image
-from test_train import TINY, train_records  # the tiny GlyphNet runs (this folder is on sys.path)
 
 from rankedlist import atomic_write as atomic_write_module
 from rankedlist.cli.main import main as cli
@@ -214,6 +214,7 @@ def assert_numpy_state(plain: dict, legacy: tuple) -> None:
     assert (plain["pos"], plain["has_gauss"], plain["cached_gaussian"]) == legacy[2:]
 
 
+@pytest.mark.slow
 def test_an_old_format_checkpoint_loads_resumes_and_converts(run, tmp_path, capsys):
     folder, _, _ = run
     old, legacy = as_old_format(folder / "last.pt", tmp_path / "old" / "last.pt")

@@ -7,7 +7,6 @@ computations done here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _workers import load_worker
 
 from rankedlist.training.distributed import (
     DistributedContext,
@@ -34,15 +34,7 @@ REPO = HERE.parents[1]
 WORLD = 2
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("_ddp_worker", HERE / "_ddp_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-W = _load_worker()
+W = load_worker(HERE / "_ddp_worker.py")  # the worker's cases, computed here too
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +58,14 @@ def _single_process_case(name: str, params: dict) -> tuple[float, dict[str, torc
     return float(value.detach()), grads
 
 
+@pytest.mark.slow
 def test_context_from_torchrun_environment(ranks):
     for r, res in enumerate(ranks):
         assert res["ctx"] == (r, WORLD, r, "cpu", r == 0)
         assert res["is_distributed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c[0] for c in W.CASES])
 def test_two_processes_match_one_process(ranks, case):
     """Mean of the ranks' losses == single-process loss; DDP-averaged grads == its grads."""
@@ -90,6 +84,7 @@ def test_two_processes_match_one_process(ranks, case):
     assert ranks[0]["cases"][case]["strategy"] == expected
 
 
+@pytest.mark.slow
 def test_rll_stats_reported_per_rank(ranks):
     for res in ranks:
         stats = res["cases"]["rll_paper"]["stats"]
@@ -97,6 +92,7 @@ def test_rll_stats_reported_per_rank(ranks):
         assert res["cases"]["triplet"]["stats"] == {}
 
 
+@pytest.mark.slow
 def test_shard_indices_partition(ranks):
     n = len(W.eval_data()[1])
     shards = [res["shard"] for res in ranks]
@@ -113,6 +109,7 @@ def test_shard_indices_partition(ranks):
             assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.slow
 def test_gather_eval_round_trip(ranks):
     emb, lab = W.eval_data()
     for res in ranks:
@@ -123,6 +120,7 @@ def test_gather_eval_round_trip(ranks):
         torch.testing.assert_close(d_all["low"], emb[:, :1], atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_broadcast_and_mean(ranks):
     for res in ranks:
         assert res["broadcast"] == {"run": "from-rank-0"}
@@ -130,6 +128,7 @@ def test_broadcast_and_mean(ranks):
         torch.testing.assert_close(res["mean_tensor"], torch.tensor([0.5, 1.0]))
 
 
+@pytest.mark.slow
 def test_differentiable_gather_sums_gradients_on_owner(ranks):
     sizes = [2 + r for r in range(WORLD)]
     total = sum(sizes)
@@ -181,23 +180,12 @@ def test_init_distributed_errors(monkeypatch):
 
 # --------------------------------------------------------------------------- the real trainer
 
-TINY_GLYPHS = [
-    "data.p=8",
-    "data.k=2",
-    "data.image_size=32",
-    "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}",
-    "train.log_every=1",
-    "train.eval_batch_size=512",
-    "train.device=cpu",
-    "train.num_threads=1",
-    "train.deterministic=true",
-    "train.tensorboard=false",
-    "train.iterations=6",
-]
+# The tiny run (tiny_run.core) on 2 processes, one thread each, repeatable and quiet.
+TORCHRUN = ["train.num_threads=1", "train.deterministic=true", "train.tensorboard=false",
+            "train.iterations=6"]  # fmt: skip
 
 
-def _torchrun_train(env: dict[str, str], cwd: Path, run_dir: Path, *args: str) -> str:
+def _torchrun_train(tiny_run, env: dict[str, str], cwd: Path, run_dir: Path, *args: str) -> str:
     cmd = [
         sys.executable,
         "-m",
@@ -209,7 +197,8 @@ def _torchrun_train(env: dict[str, str], cwd: Path, run_dir: Path, *args: str) -
         "train",
         "--config",
         str(REPO / "configs" / "glyphs.yaml"),
-        *TINY_GLYPHS,
+        *tiny_run.core,
+        *TORCHRUN,
         f"train.run_dir={run_dir}",
         *args,
     ]
@@ -225,14 +214,14 @@ def _losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_two_process_glyphs_run_reports_once_and_resumes(tmp_path, child_env):
+def test_two_process_glyphs_run_reports_once_and_resumes(tmp_path, child_env, tiny_run):
     """torchrun x 2: stop at 3, resume to 6 (one report), same losses as an uninterrupted run."""
     parts, whole = tmp_path / "parts", tmp_path / "whole"
-    log = _torchrun_train(child_env(), tmp_path, parts, "--stop-after", "3")
+    log = _torchrun_train(tiny_run, child_env(), tmp_path, parts, "--stop-after", "3")
     assert f"x {WORLD} processes" in log
     assert (parts / "last.pt").is_file() and not (parts / "report.md").exists()
 
-    log = _torchrun_train(child_env(), tmp_path, parts, "--resume")
+    log = _torchrun_train(tiny_run, child_env(), tmp_path, parts, "--resume")
     assert log.count("resumed from") == 1  # rank 0 alone speaks
     assert (parts / "report.md").is_file() and (parts / "report.md").stat().st_size > 0
     test = json.loads((parts / "metrics.json").read_text())["test"]
@@ -240,7 +229,7 @@ def test_two_process_glyphs_run_reports_once_and_resumes(tmp_path, child_env):
     state = torch.load(parts / "last.pt", map_location="cpu", weights_only=False)
     assert state["world_size"] == WORLD and state["iteration"] == 6 and len(state["rng"]) == WORLD
 
-    _torchrun_train(child_env(), tmp_path, whole, "train.report=false")
+    _torchrun_train(tiny_run, child_env(), tmp_path, whole, "train.report=false")
     got, expected = _losses(parts), _losses(whole)
     assert [s for s, _ in got] == list(range(1, 7))  # each step logged once, by rank 0
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], abs=1e-6)

@@ -8,7 +8,6 @@ Each test asserts what is on disk afterwards and what the user reads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY  # the tiny GlyphNet runs (pytest puts this folder on sys.path)
+from _full_disk import fill, small_tmpfs
 
 from rankedlist.cli.main import main as cli
 from rankedlist.training import run as run_module
@@ -28,12 +27,7 @@ from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import EXPLODED, load_checkpoint
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-GLYPHS = str(REPO / "configs" / "glyphs.yaml")
-
-
-def train_cli(run_dir: Path, *args: str) -> int:
-    return cli(["train", "--config", GLYPHS, *TINY, f"train.run_dir={run_dir}", *args])
+pytestmark = pytest.mark.slow  # faults injected into real training runs and processes
 
 
 def error_line(capsys) -> str:
@@ -51,20 +45,20 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- a finished run
 
 
-def test_a_finished_run_is_never_overwritten_without_asking(tmp_path, capsys):
+def test_a_finished_run_is_never_overwritten_without_asking(tmp_path, capsys, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=2") == 0
+    assert tiny_run.train(run, "train.iterations=2") == 0
     before = snapshot(run)
     capsys.readouterr()
 
-    assert train_cli(run, "train.iterations=2") == 2
+    assert tiny_run.train(run, "train.iterations=2") == 2
     line = error_line(capsys)
     assert str(run) in line and "already holds a run" in line
     assert "--resume" in line and "train.run_dir=" in line and "--overwrite" in line
     assert snapshot(run) == before  # not one byte changed
 
     (run / "notes.txt").write_text("mine")  # the user's own file in the folder
-    assert train_cli(run, "train.iterations=3", "--overwrite") == 0
+    assert tiny_run.train(run, "train.iterations=3", "--overwrite") == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # a fresh history
     assert load_checkpoint(run)["iteration"] == 3
@@ -74,14 +68,14 @@ def test_a_finished_run_is_never_overwritten_without_asking(tmp_path, capsys):
 # --------------------------------------------------------------------------- divergence
 
 
-def test_divergence_names_the_iteration_and_the_last_good_checkpoint(tmp_path, capsys):
+def test_divergence_names_the_iteration_and_the_last_good_checkpoint(tmp_path, capsys, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=6", "--stop-after", "2") == 0
+    assert tiny_run.train(run, "train.iterations=6", "--stop-after", "2") == 0
     good = load_checkpoint(run)
     capsys.readouterr()
 
     # lr = 1e30 as a deliberate change on resume: iteration 3 explodes the weights.
-    code = train_cli(
+    code = tiny_run.train(
         run, "train.iterations=6", "train.checkpoint_every=1", "optim.lr=1e30",
         "--resume", "--allow-config-change",
     )  # fmt: skip
@@ -98,9 +92,11 @@ def test_divergence_names_the_iteration_and_the_last_good_checkpoint(tmp_path, c
             assert torch.isfinite(tensor).all() and tensor.abs().max() <= EXPLODED
 
 
-def test_divergence_from_the_start_writes_no_checkpoint(tmp_path, capsys):
+def test_divergence_from_the_start_writes_no_checkpoint(tmp_path, capsys, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=4", "train.checkpoint_every=1", "optim.lr=1e30") == 1
+    assert (
+        tiny_run.train(run, "train.iterations=4", "train.checkpoint_every=1", "optim.lr=1e30") == 1
+    )
     line = error_line(capsys)
     assert "diverged at iteration 1" in line and "no checkpoint had been written yet" in line
     assert not (run / "last.pt").exists() and not list(run.glob(".*.tmp"))
@@ -173,27 +169,27 @@ def test_a_non_finite_embedding_on_one_rank_stops_every_rank(tmp_path, gloo_rank
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_refuses_a_changed_recipe_and_records_allowed_changes(tmp_path, capsys):
+def test_resume_refuses_a_changed_recipe_and_records_allowed_changes(tmp_path, capsys, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=4", "--stop-after", "2") == 0
+    assert tiny_run.train(run, "train.iterations=4", "--stop-after", "2") == 0
     capsys.readouterr()
     before = snapshot(run)
 
     # Overrides after --resume, in any order (--resume used to swallow the first one).
-    assert cli(["train", "--config", GLYPHS, *TINY, f"train.run_dir={run}", "train.iterations=4",
-                "--resume", "data.p=16", "train.log_every=2"]) == 2  # fmt: skip
+    assert tiny_run.train(run, "train.iterations=4", "--resume", "data.p=16",
+                          "train.log_every=2") == 2  # fmt: skip
     line = error_line(capsys)
     assert "data.p: 8 -> 16" in line and "train.log_every" not in line
     assert "unrecognized" not in line
 
-    assert train_cli(run, "train.iterations=4", "model.embedding_dim=64", "--resume") == 2
+    assert tiny_run.train(run, "train.iterations=4", "model.embedding_dim=64", "--resume") == 2
     line = error_line(capsys)  # no state_dict traceback
     assert "model.embedding_dim: 16 -> 64" in line
-    assert train_cli(run, "model.embedding_dim=64", "--resume", "--allow-config-change") == 2
+    assert tiny_run.train(run, "model.embedding_dim=64", "--resume", "--allow-config-change") == 2
     assert "model.embedding_dim" in error_line(capsys)  # the weights would not fit
     assert snapshot(run) == before  # refusals change nothing
 
-    assert train_cli(run, "train.iterations=5", "train.log_every=2", "--resume") == 0
+    assert tiny_run.train(run, "train.iterations=5", "train.log_every=2", "--resume") == 0
     changes = [json.loads(x) for x in (run / "config_changes.jsonl").read_text().splitlines()]
     assert changes == [
         {
@@ -212,9 +208,9 @@ def test_resume_refuses_a_changed_recipe_and_records_allowed_changes(tmp_path, c
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 @pytest.mark.parametrize("command", ["train", "evaluate"])
-def test_a_damaged_checkpoint_is_one_error_line(tmp_path, capsys, damage, command):
+def test_a_damaged_checkpoint_is_one_error_line(tmp_path, capsys, damage, command, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=2", "--stop-after", "1") == 0
+    assert tiny_run.train(run, "train.iterations=2", "--stop-after", "1") == 0
     capsys.readouterr()
     path = run / "last.pt"
     data = path.read_bytes()
@@ -231,21 +227,21 @@ def test_a_damaged_checkpoint_is_one_error_line(tmp_path, capsys, damage, comman
     assert "best.pt" in line  # the way on
 
 
-def test_orphan_temporaries_of_a_killed_write_are_removed_at_the_next_start(tmp_path):
+def test_orphan_temporaries_of_a_killed_write_are_removed_at_the_next_start(tmp_path, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=3", "--stop-after", "1") == 0
+    assert tiny_run.train(run, "train.iterations=3", "--stop-after", "1") == 0
     orphan = run / ".last.pt.k3x9q2zz.tmp"
     orphan.write_bytes(b"half a checkpoint")
     keep = run / ".hidden_notes.tmp"  # not of atomic_write's making: left alone
     keep.write_text("mine")
-    assert train_cli(run, "--resume") == 0
+    assert tiny_run.train(run, "--resume") == 0
     assert not orphan.exists() and keep.exists()
 
 
 # --------------------------------------------------------------------------- signals
 
 
-def test_sigterm_during_the_final_test_says_how_to_finish(tmp_path, capsys, monkeypatch):
+def test_sigterm_during_the_final_test_says_how_to_finish(tmp_path, capsys, monkeypatch, tiny_run):
     run = tmp_path / "run"
     real = train_module.test_and_report
 
@@ -255,14 +251,14 @@ def test_sigterm_during_the_final_test_says_how_to_finish(tmp_path, capsys, monk
         raise AssertionError("the signal did not stop the evaluation")
 
     monkeypatch.setattr(train_module, "test_and_report", interrupted)
-    assert train_cli(run, "train.iterations=2") == 128 + signal.SIGTERM
+    assert tiny_run.train(run, "train.iterations=2") == 128 + signal.SIGTERM
     line = error_line(capsys)
     assert "during the final test evaluation" in line and "iteration 2" in line
     assert f"rankedlist train --resume {run / 'last.pt'}" in line
     assert load_checkpoint(run)["iteration"] == 2 and not (run / "metrics.json").exists()
 
     monkeypatch.setattr(train_module, "test_and_report", real)
-    assert train_cli(run, "--resume") == 0
+    assert tiny_run.train(run, "--resume") == 0
     assert json.loads((run / "metrics.json").read_text())["test"]["recall@1"] > 0
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
@@ -300,38 +296,17 @@ def test_sigkill_at_random_moments_never_corrupts_last_pt(tmp_path):
 # --------------------------------------------------------------------------- the disk
 
 
-@contextlib.contextmanager
-def small_tmpfs(folder: Path, size: str):
-    """A tmpfs of ``size`` at ``folder`` (root only; the test is skipped elsewhere)."""
-    folder.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True)  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def fill(folder: Path, leave: int) -> None:
-    """Write a filler file until only about ``leave`` bytes are free."""
-    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
-    with (folder / "filler").open("wb") as fh:
-        fh.write(b"\0" * max(free - leave, 0))
-
-
-def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, capsys):
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, capsys, tiny_run):
     with small_tmpfs(tmp_path / "disk", "8m") as disk:
         run = disk / "run"
-        assert train_cli(run, "train.iterations=4", "--stop-after", "2") == 0
+        assert tiny_run.train(run, "train.iterations=4", "--stop-after", "2") == 0
         capsys.readouterr()
         before = snapshot(run)
         size = len(before["last.pt"])
         fill(disk, leave=size // 2)  # room for logs, not for another checkpoint
-        assert train_cli(run, "train.iterations=4", "train.checkpoint_every=1", "--resume") == 2
+        assert (
+            tiny_run.train(run, "train.iterations=4", "train.checkpoint_every=1", "--resume") == 2
+        )
         line = error_line(capsys)
         assert "no space left on device while writing" in line and str(run) in line
         assert "--resume" in line
@@ -340,18 +315,18 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
         assert not list(run.glob(".*.tmp"))  # no partial file left behind
 
         (disk / "filler").unlink()  # space again: the run goes on from its checkpoint
-        assert train_cli(run, "train.iterations=4", "--resume") == 0
+        assert tiny_run.train(run, "train.iterations=4", "--resume") == 0
         assert load_checkpoint(run)["iteration"] == 4
 
 
-def test_a_read_only_run_folder_is_one_error_line(tmp_path, capsys):
+def test_a_read_only_run_folder_is_one_error_line(tmp_path, capsys, tiny_run):
     with small_tmpfs(tmp_path / "disk", "8m") as disk:
         run = disk / "run"
-        assert train_cli(run, "train.iterations=4", "--stop-after", "2") == 0
+        assert tiny_run.train(run, "train.iterations=4", "--stop-after", "2") == 0
         capsys.readouterr()
         before = snapshot(run)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        assert train_cli(run, "train.iterations=4", "--resume") == 2
+        assert tiny_run.train(run, "train.iterations=4", "--resume") == 2
         line = error_line(capsys)
         assert "read-only file system while writing" in line and str(run) in line
         assert snapshot(run) == before

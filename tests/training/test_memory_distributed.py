@@ -8,30 +8,21 @@ fills, wraps around and holds older copies of the batch's samples.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _workers import load_worker
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WORLD = 2
+pytestmark = pytest.mark.slow  # every test reads the 2-process job
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location(
-        "_ddp_memory_worker", HERE / "_ddp_memory_worker.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-W = _load_worker()
+W = load_worker(HERE / "_ddp_memory_worker.py")  # the worker's cases, computed here too
 
 
 @pytest.fixture(scope="module")

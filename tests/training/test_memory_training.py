@@ -139,6 +139,7 @@ def test_train_one_step_passes_the_indices_to_a_memory_loss():
 MEMORY_RUN = ["train.iterations=12", "loss.memory_size=48", "loss.memory_start=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [7, 1], ids=["after the warm-up", "inside the warm-up"])
 def test_resume_with_memory_equals_an_uninterrupted_run(tmp_path, stop, tiny_run):
     """Stopped at iteration 7 (the memory full and wrapped) or 1 (inside the warm-up: the memory

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY  # the tiny GlyphNet runs (pytest puts this folder on sys.path)
 
 from rankedlist.cli.main import main as cli
 from rankedlist.folder_lock import lock_path
@@ -23,12 +22,7 @@ from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-GLYPHS = str(REPO / "configs" / "glyphs.yaml")
-
-
-def train_cli(run_dir: Path | None, *args: str) -> int:
-    where = [] if run_dir is None else [f"train.run_dir={run_dir}"]
-    return cli(["train", "--config", GLYPHS, *TINY, *where, *args])
+pytestmark = pytest.mark.slow  # `rankedlist train` runs end to end, some in real processes
 
 
 def error_line(capsys) -> str:
@@ -57,16 +51,21 @@ def same_weights(a: Path, b: Path) -> bool:
 # --------------------------------------------------------------------------- real processes
 
 
-def start_train(child_env, run_dir: Path, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "rankedlist", "train", "--config", GLYPHS, *TINY]
-    return subprocess.Popen(
-        [*command, f"train.run_dir={run_dir}", *args],
-        env=child_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.fixture
+def start_train(child_env, tiny_run):
+    """``start_train(run_dir, *args)``: ``rankedlist train`` of the tiny run in a child process."""
+
+    def start(run_dir: Path, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rankedlist", *tiny_run.argv(run_dir, *args)],
+            env=child_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
 
 
 def wait_for_lock(proc: subprocess.Popen, run_dir: Path, timeout: float = 120) -> None:
@@ -81,15 +80,14 @@ def wait_for_lock(proc: subprocess.Popen, run_dir: Path, timeout: float = 120) -
     raise AssertionError("the first run never took the folder's lock")
 
 
-@pytest.mark.slow
-def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, child_env):
+def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, start_train):
     run = tmp_path / "run"
-    first = start_train(child_env, run, "train.iterations=40", "train.checkpoint_every=10")
+    first = start_train(run, "train.iterations=40", "train.checkpoint_every=10")
     try:
         wait_for_lock(first, run)
         os.kill(first.pid, signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
         for extra in ([], ["--overwrite"], ["--resume"]):
-            second = start_train(child_env, run, "train.iterations=40", "train.seed=7", *extra)
+            second = start_train(run, "train.iterations=40", "train.seed=7", *extra)
             out, err = second.communicate(timeout=120)
             assert second.returncode == 2, (extra, out, err)
             lines = err.strip().splitlines()
@@ -109,12 +107,9 @@ def test_a_second_writer_is_refused_while_the_first_trains(tmp_path, child_env):
     assert steps(run) == list(range(1, 41))
 
 
-@pytest.mark.slow
-def test_two_writers_started_together_leave_one_run(tmp_path, child_env):
+def test_two_writers_started_together_leave_one_run(tmp_path, start_train):
     run = tmp_path / "run"
-    procs = [
-        start_train(child_env, run, "train.iterations=20", f"train.seed={seed}") for seed in (1, 2)
-    ]
+    procs = [start_train(run, "train.iterations=20", f"train.seed={seed}") for seed in (1, 2)]
     results = [(p, *p.communicate(timeout=300)) for p in procs]
     codes = sorted(p.returncode for p, _, _ in results)
     assert codes == [0, 2], [(p.returncode, err[-2000:]) for p, _, err in results]
@@ -127,26 +122,27 @@ def test_two_writers_started_together_leave_one_run(tmp_path, child_env):
     assert steps(run) == list(range(1, 21))
 
 
-@pytest.mark.slow
-def test_a_killed_writer_leaves_no_stale_lock_and_no_run_to_protect(tmp_path, child_env):
+def test_a_killed_writer_leaves_no_stale_lock_and_no_run_to_protect(
+    tmp_path, start_train, tiny_run
+):
     run = tmp_path / "run"
-    first = start_train(child_env, run, "train.iterations=400", "train.checkpoint_every=1000")
+    first = start_train(run, "train.iterations=400", "train.checkpoint_every=1000")
     wait_for_lock(first, run)
     first.kill()  # SIGKILL: no handler runs, the kernel drops the lock
     first.wait()
     assert not (run / "last.pt").exists()
     # No checkpoint was saved, so this is no run to protect: a plain start takes the folder.
-    assert train_cli(run, "train.iterations=2") == 0
+    assert tiny_run.train(run, "train.iterations=2") == 0
     assert steps(run) == [1, 2] and load_checkpoint(run)["iteration"] == 2
 
 
 # --------------------------------------------------------------------------- validate first
 
 
-def test_a_refused_resume_or_a_bad_override_deletes_nothing(tmp_path, capsys):
+def test_a_refused_resume_or_a_bad_override_deletes_nothing(tmp_path, capsys, tiny_run):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert train_cli(a, "train.iterations=2") == 0
-    assert train_cli(b, "train.iterations=2", "train.seed=3") == 0
+    assert tiny_run.train(a, "train.iterations=2") == 0
+    assert tiny_run.train(b, "train.iterations=2", "train.seed=3") == 0
     before_a, before_b = snapshot(a), snapshot(b)
     capsys.readouterr()
 
@@ -157,10 +153,10 @@ def test_a_refused_resume_or_a_bad_override_deletes_nothing(tmp_path, capsys):
     line = error_line(capsys)
     assert "optim.lr" in line and "cannot resume" in line
     # A parameter the loss refuses, with --overwrite: refused before the old run is removed.
-    assert train_cli(b, "train.iterations=2", "--overwrite", "loss.params.margin=-1") == 2
+    assert tiny_run.train(b, "train.iterations=2", "--overwrite", "loss.params.margin=-1") == 2
     assert "margin" in error_line(capsys)
     # A P larger than the training classes: the key and the class count are named.
-    assert train_cli(b, "train.iterations=2", "--overwrite", "data.p=500") == 2
+    assert tiny_run.train(b, "train.iterations=2", "--overwrite", "data.p=500") == 2
     line = error_line(capsys)
     assert "data.p = 500" in line and "holds only 88 classes" in line
     assert snapshot(a) == before_a and snapshot(b) == before_b
@@ -169,14 +165,16 @@ def test_a_refused_resume_or_a_bad_override_deletes_nothing(tmp_path, capsys):
 # --------------------------------------------------------------------------- resume rules
 
 
-def test_a_moved_run_resumes_where_it_is_now_to_the_end(tmp_path, capsys):
+def test_a_moved_run_resumes_where_it_is_now_to_the_end(tmp_path, capsys, tiny_run):
     reference, old = tmp_path / "reference", tmp_path / "old"
     assert (
-        train_cli(reference, "train.iterations=6", "train.eval_every=2", "data.val_fraction=0.25")
+        tiny_run.train(
+            reference, "train.iterations=6", "train.eval_every=2", "data.val_fraction=0.25"
+        )
         == 0
     )
     assert (
-        train_cli(
+        tiny_run.train(
             old,
             "train.iterations=6",
             "train.eval_every=2",
@@ -201,7 +199,7 @@ def test_a_moved_run_resumes_where_it_is_now_to_the_end(tmp_path, capsys):
     assert test == json.loads((reference / "metrics.json").read_text())["test"]
 
 
-def test_a_resume_into_another_folder_copies_the_run_and_finishes_there(tmp_path, capsys):
+def test_a_resume_into_another_folder_copies_the_run_and_finishes_there(tmp_path, capsys, tiny_run):
     reference, a, b = tmp_path / "reference", tmp_path / "a", tmp_path / "b"
     common = (
         "train.iterations=6",
@@ -209,12 +207,12 @@ def test_a_resume_into_another_folder_copies_the_run_and_finishes_there(tmp_path
         "data.val_fraction=0.25",
         "train.report=true",
     )
-    assert train_cli(reference, *common) == 0
-    assert train_cli(a, *common, "--stop-after", "4") == 0
+    assert tiny_run.train(reference, *common) == 0
+    assert tiny_run.train(a, *common, "--stop-after", "4") == 0
     before_a = snapshot(a)
     capsys.readouterr()
 
-    assert train_cli(None, *common, "--resume", str(a / "last.pt"), f"train.run_dir={b}") == 0
+    assert tiny_run.train(None, *common, "--resume", str(a / "last.pt"), f"train.run_dir={b}") == 0
     out = capsys.readouterr().out
     assert f"copied the run in {a}" in out
     assert snapshot(a) == before_a  # the original is as it was
@@ -227,36 +225,34 @@ def test_a_resume_into_another_folder_copies_the_run_and_finishes_there(tmp_path
     assert load_checkpoint(b)["config"]["train"]["run_dir"] == str(b)
 
 
-def test_a_copied_run_folder_resumes_in_the_copy(tmp_path, capsys):
+def test_a_copied_run_folder_resumes_in_the_copy(tmp_path, capsys, tiny_run):
     a, copy = tmp_path / "a", tmp_path / "copy"
-    assert train_cli(a, "train.iterations=4", "--stop-after", "2") == 0
+    assert tiny_run.train(a, "train.iterations=4", "--stop-after", "2") == 0
     shutil.copytree(a, copy)
     before_a = snapshot(a)
     capsys.readouterr()
     # The recipe's train.run_dir (a) is not where this checkpoint is: the copy continues.
-    assert cli(["train", "--config", GLYPHS, *TINY, f"train.run_dir={a}", "train.iterations=4",
-                "--resume", str(copy)]) == 2  # fmt: skip
+    assert tiny_run.train(a, "train.iterations=4", "--resume", str(copy)) == 2
     # train.run_dir named explicitly and different: that is a redirect into a, which holds a run
     line = error_line(capsys)
     assert "already holds a run" in line
-    assert cli(["train", "--config", GLYPHS, *TINY, "train.iterations=4", "--resume",
-                str(copy)]) == 0  # fmt: skip
+    assert tiny_run.train(None, "train.iterations=4", "--resume", str(copy)) == 0
     assert snapshot(a) == before_a
     assert steps(copy) == [1, 2, 3, 4] and load_checkpoint(copy)["iteration"] == 4
 
 
-def test_a_failed_first_start_does_not_block_its_retry(tmp_path, capsys, monkeypatch):
+def test_a_failed_first_start_does_not_block_its_retry(tmp_path, capsys, monkeypatch, tiny_run):
     run = tmp_path / "run"
 
     def unreadable(*args, **kwargs):
         raise ValueError("image x.jpg cannot be decoded")
 
     monkeypatch.setattr(train_module, "train_one_step", unreadable)
-    assert train_cli(run, "train.iterations=2", "train.tensorboard=true") == 2
+    assert tiny_run.train(run, "train.iterations=2", "train.tensorboard=true") == 2
     assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
     monkeypatch.undo()
     capsys.readouterr()
-    assert train_cli(run, "train.iterations=2", "train.tensorboard=true") == 0
+    assert tiny_run.train(run, "train.iterations=2", "train.tensorboard=true") == 0
     assert steps(run) == [1, 2]
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
@@ -278,20 +274,20 @@ def user_files(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def test_a_users_folder_is_never_taken_for_a_run(tmp_path, capsys):
+def test_a_users_folder_is_never_taken_for_a_run(tmp_path, capsys, tiny_run):
     folder = tmp_path / "mine"
     files = user_files(folder)
     for extra in ([], ["--overwrite"]):
-        assert train_cli(folder, "train.iterations=2", *extra) == 2
+        assert tiny_run.train(folder, "train.iterations=2", *extra) == 2
         line = error_line(capsys)
         assert "config.yaml" in line and "report.md" in line and "move them" in line
         # Not one file touched, nothing added but the (empty) lock file of the refused start.
         assert snapshot(folder) == {**files, ".rankedlist.lock": b""}
 
 
-def test_overwrite_removes_exactly_the_runs_own_files(tmp_path, capsys):
+def test_overwrite_removes_exactly_the_runs_own_files(tmp_path, capsys, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=2", "train.tensorboard=true") == 0
+    assert tiny_run.train(run, "train.iterations=2", "train.tensorboard=true") == 0
     old_events = set((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(old_events) == 1
     theirs = run / "tensorboard" / "other_experiment" / "events.out.tfevents.9.host"
@@ -300,7 +296,7 @@ def test_overwrite_removes_exactly_the_runs_own_files(tmp_path, capsys):
     (run / "notes.txt").write_text("mine")
     capsys.readouterr()
 
-    assert train_cli(run, "train.iterations=3", "train.tensorboard=true", "--overwrite") == 0
+    assert tiny_run.train(run, "train.iterations=3", "train.tensorboard=true", "--overwrite") == 0
     assert theirs.read_bytes() == b"theirs" and (run / "notes.txt").read_text() == "mine"
     events = set((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and not events & old_events
@@ -310,19 +306,19 @@ def test_overwrite_removes_exactly_the_runs_own_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("state", ["listed", "legacy"])
-def test_a_run_is_recognised_with_or_without_its_file_list(tmp_path, capsys, state):
+def test_a_run_is_recognised_with_or_without_its_file_list(tmp_path, capsys, state, tiny_run):
     run = tmp_path / "run"
-    assert train_cli(run, "train.iterations=2") == 0
+    assert tiny_run.train(run, "train.iterations=2") == 0
     if state == "legacy":  # a run of an older version: no run_files.json
         (run / "run_files.json").unlink()
     capsys.readouterr()
-    assert train_cli(run, "train.iterations=2") == 2
+    assert tiny_run.train(run, "train.iterations=2") == 2
     assert "already holds a run" in error_line(capsys)
-    assert train_cli(run, "train.iterations=3", "--overwrite") == 0
+    assert tiny_run.train(run, "train.iterations=3", "--overwrite") == 0
     assert steps(run) == [1, 2, 3]
 
 
-def test_a_run_says_which_images_it_skipped_and_lists_them(tmp_path, capsys):
+def test_a_run_says_which_images_it_skipped_and_lists_them(tmp_path, capsys, tiny_run):
     from PIL import Image
 
     rows, rng = ["path,label,split"], torch.Generator().manual_seed(0)
@@ -337,7 +333,7 @@ def test_a_run_says_which_images_it_skipped_and_lists_them(tmp_path, capsys):
     (tmp_path / "imgs" / "9_0.png").unlink()  # test
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
-    code = train_cli(
+    code = tiny_run.train(
         run, "train.iterations=2", "data.dataset=csv", f"data.root={tmp_path / 'list.csv'}",
         "data.p=4", "data.options={skip_corrupt: true}",
     )  # fmt: skip

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,42 +17,16 @@ import yaml
 from rankedlist.training import run as run_module
 from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import load_checkpoint, save_checkpoint
-from rankedlist.training.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TINY = [
-    "data.p=8",
-    "data.k=2",
-    "data.image_size=32",
-    "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}",
-    "optim.lr=0.003",
-    "schedule.name=cosine",
-    "schedule.warmup_iters=2",
-    "train.log_every=1",
-    "train.eval_batch_size=512",
-    "train.device=cpu",
-    "train.deterministic=true",
-    "train.tensorboard=false",
-    "train.report=false",
-]
+pytestmark = pytest.mark.slow  # tiny training runs end to end (resume, signals, bf16)
 
 
-def tiny_config(run_dir: Path, *overrides: str):
-    return load_config(CONFIGS / "glyphs.yaml", [*TINY, f"train.run_dir={run_dir}", *overrides])
-
-
-def train_records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "loss" in r]
-
-
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_run):
     # 12 iterations cross epoch boundaries; the stop at 7 falls in the middle of an epoch.
-    whole = train_module.main(tiny_config(tmp_path / "whole", "train.iterations=12"))
+    whole = train_module.main(tiny_run.config(tmp_path / "whole", "train.iterations=12"))
     assert whole.status == "completed"
 
-    parts = tiny_config(tmp_path / "parts", "train.iterations=12", "train.checkpoint_every=4")
+    parts = tiny_run.config(tmp_path / "parts", "train.iterations=12", "train.checkpoint_every=4")
     first = train_module.main(parts, stop_after=7)
     assert first.status == "stopped" and first.iteration == 7
     state = load_checkpoint(tmp_path / "parts" / "last.pt")
@@ -61,7 +34,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     second = train_module.main(parts, resume=tmp_path / "parts")
     assert second.status == "completed" and second.iteration == 12
 
-    expected, got = train_records(tmp_path / "whole"), train_records(tmp_path / "parts")
+    expected, got = tiny_run.records(tmp_path / "whole"), tiny_run.records(tmp_path / "parts")
     assert [r["step"] for r in got] == list(range(1, 13))  # logged once each, none twice
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], abs=1e-6)
     assert second.test_metrics["fused"]["recall@1"] == pytest.approx(
@@ -80,7 +53,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
         train_module.main(parts, resume=tmp_path / "parts" / "last.pt")
 
 
-def test_signal_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
+def test_signal_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, tiny_run):
     real_step = train_module.train_one_step
     calls = {"n": 0}
 
@@ -93,14 +66,14 @@ def test_signal_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "train_one_step", step_then_signal)
     previous = signal.getsignal(signal.SIGTERM)
-    result = train_module.main(tiny_config(tmp_path, "train.iterations=50"))
+    result = train_module.main(tiny_run.config(tmp_path, "train.iterations=50"))
     assert result.status == "interrupted" and result.signal == signal.SIGTERM
     assert result.iteration == 4  # the step in flight finishes, then every rank stops together
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, tiny_run):
     real_build = run_module.build_losses
 
     class NanAtFifthCall(torch.nn.Module):
@@ -118,7 +91,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return torch.nn.ModuleDict({k: NanAtFifthCall(v) for k, v in losses.items()})
 
     monkeypatch.setattr(run_module, "build_losses", build)
-    config = tiny_config(tmp_path, "train.iterations=10", "train.checkpoint_every=2")
+    config = tiny_run.config(tmp_path, "train.iterations=10", "train.checkpoint_every=2")
     with pytest.raises(train_module.NonFiniteLossError, match="iteration 5") as info:
         train_module.main(config)
     assert "last.pt (iteration 4)" in str(info.value)
@@ -127,8 +100,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_validation_selects_best_checkpoint_and_test_is_evaluated_once(tmp_path):
-    config = tiny_config(
+def test_validation_selects_best_checkpoint_and_test_is_evaluated_once(tmp_path, tiny_run):
+    config = tiny_run.config(
         tmp_path, "train.iterations=6", "train.eval_every=3", "data.val_fraction=0.25"
     )
     result = train_module.main(config)
@@ -146,14 +119,16 @@ def test_validation_selects_best_checkpoint_and_test_is_evaluated_once(tmp_path)
     )
 
 
-def test_bf16_autocast_on_cpu_tracks_the_float32_run(tmp_path):
+def test_bf16_autocast_on_cpu_tracks_the_float32_run(tmp_path, tiny_run):
     """bf16 autocast really runs (the losses differ from float32's in their low bits) and stays
     within bf16's resolution of the float32 run, step by step and in the test metrics."""
-    bf16 = train_module.main(tiny_config(tmp_path / "bf16", "train.iterations=3", "train.amp=bf16"))
-    fp32 = train_module.main(tiny_config(tmp_path / "fp32", "train.iterations=3"))
+    bf16 = train_module.main(
+        tiny_run.config(tmp_path / "bf16", "train.iterations=3", "train.amp=bf16")
+    )
+    fp32 = train_module.main(tiny_run.config(tmp_path / "fp32", "train.iterations=3"))
     assert bf16.status == fp32.status == "completed"
-    low = [r["loss"] for r in train_records(tmp_path / "bf16")]
-    full = [r["loss"] for r in train_records(tmp_path / "fp32")]
+    low = [r["loss"] for r in tiny_run.records(tmp_path / "bf16")]
+    full = [r["loss"] for r in tiny_run.records(tmp_path / "fp32")]
     assert len(low) == len(full) == 3
     assert low != full  # autocast was active: bf16 products round differently
     # Same weights and batch at step 1: the loss agrees to bf16's ~3 significant digits.
@@ -164,12 +139,14 @@ def test_bf16_autocast_on_cpu_tracks_the_float32_run(tmp_path):
     assert got["map@r"] == pytest.approx(want["map@r"], abs=0.03)
 
 
-def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path):
+def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path, tiny_run):
     """RLL-(L,M,H): one Ranked List Loss per head, summed; each head's own loss falls."""
-    config = tiny_config(tmp_path, "train.iterations=40", "model.multi_level=true", "optim.lr=0.01")
+    config = tiny_run.config(
+        tmp_path, "train.iterations=40", "model.multi_level=true", "optim.lr=0.01"
+    )
     result = train_module.main(config, stop_after=30)
     assert result.status == "stopped"
-    records = train_records(tmp_path)
+    records = tiny_run.records(tmp_path)
     assert len(records) == 30
     for head in ("low", "mid", "high"):
         losses = [r[f"loss/{head}"] for r in records]
@@ -187,15 +164,15 @@ def test_multi_level_training_with_the_real_rll_lowers_every_heads_loss(tmp_path
     assert all(type(fn.loss) is RankedListLoss for fn in built.values())  # the real loss
 
 
-def test_workers_give_the_same_run_and_resume_exactly(tmp_path):
+def test_workers_give_the_same_run_and_resume_exactly(tmp_path, tiny_run):
     """Two loader workers (batches augmented in the workers) give the losses of none, and a run
     stopped and resumed with workers equals an uninterrupted one."""
     common = ("train.iterations=10", "train.checkpoint_every=3")
-    none = train_module.main(tiny_config(tmp_path / "w0", *common), stop_after=8)
-    two = tiny_config(tmp_path / "w2", *common, "data.num_workers=2")
+    none = train_module.main(tiny_run.config(tmp_path / "w0", *common), stop_after=8)
+    two = tiny_run.config(tmp_path / "w2", *common, "data.num_workers=2")
     train_module.main(two, stop_after=5)
     train_module.main(two, resume=tmp_path / "w2", stop_after=8)
     assert none.status == "stopped"
-    losses = [r["loss"] for r in train_records(tmp_path / "w0")]
+    losses = [r["loss"] for r in tiny_run.records(tmp_path / "w0")]
     assert len(losses) == 8
-    assert [r["loss"] for r in train_records(tmp_path / "w2")] == losses
+    assert [r["loss"] for r in tiny_run.records(tmp_path / "w2")] == losses

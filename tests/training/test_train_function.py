@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from test_train import tiny_config  # pytest puts this folder on sys.path
 from torch import nn
 
 from rankedlist.training import run as run_module
@@ -18,6 +18,7 @@ from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import load_checkpoint
 
 VALIDATED = ["data.val_fraction=0.25", "train.eval_every=2"]
+pytestmark = pytest.mark.slow  # training runs end to end, one in a child process
 
 
 def _numbers(result, run_dir):
@@ -26,8 +27,10 @@ def _numbers(result, run_dir):
     return losses, result.test_metrics["fused"], result.validation
 
 
-def test_two_calls_in_one_process_equal_two_processes_and_leave_the_caller_alone(tmp_path):
-    config = lambda d: tiny_config(tmp_path / d, "train.iterations=4", *VALIDATED)  # noqa: E731
+def test_two_calls_in_one_process_equal_two_processes_and_leave_the_caller_alone(
+    tmp_path, tiny_run
+):
+    config = lambda d: tiny_run.config(tmp_path / d, "train.iterations=4", *VALIDATED)  # noqa: E731
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
@@ -46,14 +49,14 @@ def test_two_calls_in_one_process_equal_two_processes_and_leave_the_caller_alone
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from test_train import tiny_config\n"
+        "from _tiny_run import tiny_config\n"
         "from rankedlist.training.train import main\n"
         f"r = main(tiny_config(Path(sys.argv[1]), 'train.iterations=4', *{VALIDATED!r}))\n"
         "out = {'test': r.test_metrics['fused'], 'validation': r.validation}\n"
         "print('RESULT', json.dumps(out))\n"
     )
-    here = str(Path(__file__).resolve().parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    tests = str(Path(__file__).resolve().parents[1])  # the folder of _tiny_run.py
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "c")],
         capture_output=True, text=True, check=True, env=env,
@@ -64,14 +67,14 @@ def test_two_calls_in_one_process_equal_two_processes_and_leave_the_caller_alone
     assert fresh["test"] == a[1] and fresh["validation"] == a[2]
 
 
-def test_the_validation_hook_sees_each_validation_and_can_prune(tmp_path):
+def test_the_validation_hook_sees_each_validation_and_can_prune(tmp_path, tiny_run):
     seen = []
 
     def hook(iteration: int, metrics: dict) -> bool:
         seen.append((iteration, metrics["recall@1"]))
         return iteration >= 4  # prune at the second validation
 
-    config = tiny_config(tmp_path, "train.iterations=8", *VALIDATED)
+    config = tiny_run.config(tmp_path, "train.iterations=8", *VALIDATED)
     result = train_module.main(config, on_validation=hook)
     assert result.status == "pruned" and result.iteration == 4
     assert [i for i, _ in seen] == [2, 4]
@@ -110,7 +113,9 @@ class CountingMemory(nn.Module):
         return self.inner(embeddings, labels)
 
 
-def test_a_stateful_loss_is_checkpointed_and_resumed_without_special_cases(tmp_path, monkeypatch):
+def test_a_stateful_loss_is_checkpointed_and_resumed_without_special_cases(
+    tmp_path, monkeypatch, tiny_run
+):
     real = run_module.build_losses
 
     def with_memory(config, model, num_classes, ctx):
@@ -121,18 +126,18 @@ def test_a_stateful_loss_is_checkpointed_and_resumed_without_special_cases(tmp_p
 
     monkeypatch.setattr(run_module, "build_losses", with_memory)
     whole = tmp_path / "whole"
-    train_module.main(tiny_config(whole, "train.iterations=6"), stop_after=6)
+    train_module.main(tiny_run.config(whole, "train.iterations=6"), stop_after=6)
     parts = tmp_path / "parts"
-    train_module.main(tiny_config(parts, "train.iterations=6"), stop_after=3)
+    train_module.main(tiny_run.config(parts, "train.iterations=6"), stop_after=3)
     assert int(load_checkpoint(parts)["losses"]["high.calls"]) == 3
-    train_module.main(tiny_config(parts, "train.iterations=6"), resume=parts, stop_after=6)
+    train_module.main(tiny_run.config(parts, "train.iterations=6"), resume=parts, stop_after=6)
 
     a, b = load_checkpoint(whole)["losses"], load_checkpoint(parts)["losses"]
     assert int(a["high.calls"]) == int(b["high.calls"]) == 6
     assert torch.equal(a["high.running"], b["high.running"])  # the resumed state, bit for bit
 
 
-def test_test_false_never_opens_the_test_split(tmp_path, monkeypatch):
+def test_test_false_never_opens_the_test_split(tmp_path, monkeypatch, tiny_run):
     import rankedlist.data
 
     real, opened = rankedlist.data.get_dataset, []
@@ -142,7 +147,9 @@ def test_test_false_never_opens_the_test_split(tmp_path, monkeypatch):
         return real(name, *args, split=split, **kwargs)
 
     monkeypatch.setattr(rankedlist.data, "get_dataset", recording)
-    result = train_module.main(tiny_config(tmp_path, "train.iterations=2", *VALIDATED), test=False)
+    result = train_module.main(
+        tiny_run.config(tmp_path, "train.iterations=2", *VALIDATED), test=False
+    )
     assert result.status == "completed" and result.test_metrics == {}
     assert sorted(set(opened)) == ["train", "val"]
     assert not (tmp_path / "metrics.json").exists()

@@ -10,22 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from _tiny_run import QUIET, TINY_LOGGING, TINY_MODEL
+
 REPO = Path(__file__).resolve().parents[2]
 GLYPHS = str(REPO / "configs" / "glyphs.yaml")
 SPLITS_LOG = "RANKEDLIST_SPLITS_LOG"
-TINY = [
-    "data.options={characters: ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456789}",
-    "data.p=8",
-    "data.k=2",
-    "model.embedding_dim=16",
-    "model.options={widths: [8, 16, 16, 32]}",
-    "schedule.warmup_iters=1",
-    "train.log_every=1",
-    "train.eval_batch_size=512",
-    "train.deterministic=true",
-    "train.tensorboard=false",
-    "train.report=false",
-]
+# The tiny run (tests/_tiny_run.py) on 48 characters, a 1-iteration warm-up, quiet.
+TINY = ["data.options={characters: ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456789}",
+        *TINY_MODEL, "schedule.warmup_iters=1", *TINY_LOGGING, *QUIET]  # fmt: skip
 
 
 def register_recorded_glyphs() -> None:
@@ -46,21 +38,11 @@ def register_recorded_glyphs() -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    """``rankedlist ARGV`` in-process: the main command line once it has ``tune``, else
-    ``python -m rankedlist.tune`` (the same command on its own) for ``tune ...``."""
-    import argparse
+    """``rankedlist ARGV`` in-process."""
     import importlib
 
     cli = importlib.import_module("rankedlist.cli.main")  # the package's `main` is the function
-    parser = cli.build_parser()
-    has_tune = any(
-        isinstance(a, argparse._SubParsersAction) and "tune" in a.choices for a in parser._actions
-    )
-    if argv[0] != "tune" or has_tune:
-        return cli.main(argv)
-    from rankedlist.tune.cli import main as tune_main
-
-    return tune_main(argv[1:])
+    return cli.main(argv)
 
 
 def load_study(storage: Path, name: str, create: bool = False):

@@ -24,6 +24,7 @@ def val_maps(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["val/map@r"] for r in records if "val/map@r" in r}
 
 
+@pytest.mark.slow
 def test_a_two_fold_trial_scores_the_mean_of_its_two_runs(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["tune", "--config", GLYPHS, "--trials", "1", "--study", "folds", "--out", str(out),
@@ -85,6 +86,7 @@ def test_too_many_folds_is_one_error_line_before_anything_runs(tmp_path, capsys,
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_pruner_compares_each_fold_with_the_same_fold_of_other_trials(tmp_path, capsys):
     """Two finished trials scored 0 in fold 0 and 0.99 in fold 1 (at steps 6 + t): the new
     trial passes fold 0 and is stopped at fold 1's first validation (step 9), where it falls

@@ -12,6 +12,7 @@ from _tune_helpers import GLYPHS, TINY, load_study, run_cli
 optuna = pytest.importorskip("optuna")
 
 
+@pytest.mark.slow
 def test_a_hopeless_trial_is_pruned_during_training(tmp_path, capsys):
     out = tmp_path / "out"
     space = tmp_path / "space.yaml"

@@ -192,6 +192,7 @@ def small_study(tmp_path: Path, space_text: str, trials: int = 2) -> list[str]:
             "train.eval_every=2"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_k_choices_needing_more_p_than_the_search_split_has_classes_are_left_out(tmp_path, capsys):
     from _tune_helpers import load_study
 

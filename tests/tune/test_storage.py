@@ -24,6 +24,7 @@ def trained_steps(run_dir: str) -> list[int]:
     return [r["step"] for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_a_sqlite_file_in_a_new_folder_holds_the_study(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'db' / 'nested' / 'study.db'}"  # folders made as needed
     out = tmp_path / "out"
@@ -55,6 +56,7 @@ def worker(go: Path, *argv: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgresql_study_and_finish_exactly_n_trials(tmp_path, postgres_url):
     go, out = tmp_path / "go", tmp_path / "out"
     argv = ["--config", GLYPHS, "--trials", "4", "--study", "pg", "--out", str(out),

@@ -14,6 +14,7 @@ from _tune_helpers import GLYPHS, SPLITS_LOG, TINY, load_study, register_recorde
 from rankedlist.training.config import load_config
 
 pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow  # whole studies: trials, the final run, its test
 
 ITERATIONS = 8
 

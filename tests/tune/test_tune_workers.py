@@ -15,6 +15,7 @@ from _tune_helpers import GLYPHS, TINY, load_study, run_cli
 
 optuna = pytest.importorskip("optuna")
 WORKER = Path(__file__).with_name("_tune_worker.py")
+pytestmark = pytest.mark.slow  # worker processes sharing a study
 
 
 def worker(go: Path, *argv: str) -> subprocess.Popen:

@@ -7,23 +7,21 @@
 * :mod:`~rankedlist.compare.runner`: :func:`run_comparison`, the searches and the final runs,
   shared by any number of processes, resumable after Ctrl-C;
 * :mod:`~rankedlist.compare.finals`: the final runs, tested once each (``test_reads.jsonl``);
-* :mod:`~rankedlist.compare.results`: ``results.json``;
-* :mod:`~rankedlist.compare.cli`: ``add_compare_parser`` and ``run_compare_command``.
+* :mod:`~rankedlist.compare.results`: ``results.json``.
+
+The command line (``rankedlist compare``) is :mod:`rankedlist.cli.compare`.
 
 Optuna and the training are imported only when a comparison runs.
 """
 
 from __future__ import annotations
 
-from rankedlist.compare.cli import add_compare_parser, run_compare_command
 from rankedlist.compare.plan import ComparePlan, parse_plan
 
 __all__ = [
     "ComparePlan",
     "CompareInterrupted",
-    "add_compare_parser",
     "parse_plan",
-    "run_compare_command",
     "run_comparison",
 ]
 

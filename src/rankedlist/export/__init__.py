@@ -6,7 +6,7 @@
   as data, and a numpy + PIL reference implementation of it.
 * :func:`load_onnx_model`: an exported ONNX model run by onnxruntime, with the ``embed``
   interface the retrieval index uses (``rankedlist index build --model FILE.onnx``).
-* :mod:`rankedlist.export.cli_commands`: ``rankedlist export``.
+* The command line, ``rankedlist export``, is :mod:`rankedlist.cli.export`.
 
 onnx, onnxruntime and onnxscript are the optional extra ``rankedlist[export]``; they are
 imported only when an ONNX file is written or read. Nothing here is imported by the rest of the

@@ -14,7 +14,8 @@
 * :func:`approximate_retrieval_metrics`: Recall@K / R-Precision / MAP@R through an index, to see
   what an approximate method costs on real embeddings.
 * :func:`save_search_picture`: the answers as a PNG grid.
-* :mod:`rankedlist.retrieval.cli_commands`: ``rankedlist index build`` / ``add`` / ``search``.
+* :mod:`~rankedlist.retrieval.index_actions`: the work of ``rankedlist index build`` / ``add`` /
+  ``search`` (the command line itself is :mod:`rankedlist.cli.index`).
 
 Retrieval consumes every other subpackage; only the command line imports it.
 """

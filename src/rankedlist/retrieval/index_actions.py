@@ -1,17 +1,17 @@
 """The actions of ``rankedlist index``: build, add, search (their parser and error handling are
-in :mod:`rankedlist.retrieval.cli_commands`). Each takes the parsed arguments, prints its
-result and returns 0, or raises an error whose message is one line for the user."""
+in :mod:`rankedlist.cli.index`). Each takes the command line's values as keyword arguments (the
+option ``--x-y`` is ``x_y``), prints its result and returns 0, or raises an error whose message
+is one line for the user, in the command line's words."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_index_add", "cmd_index_build", "cmd_index_search", "os_reason"]
+__all__ = ["index_add", "index_build", "index_search", "os_reason"]
 
 # The build options of each approximate method (the CLI spelling).
 _METHOD_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "ef": "hnsw"}
@@ -39,19 +39,17 @@ def _describe_method(index: Any) -> str:
     return "exact"
 
 
-def _method_params(args: argparse.Namespace) -> dict[str, int]:
+def _method_params(method: str, options: dict[str, int | None]) -> dict[str, int]:
     """The method options given on the command line, checked against ``--method`` before any
     image is embedded."""
     from rankedlist.retrieval.index_methods import resolve_method
 
-    resolve_method(args.method, 0)  # an unknown --method fails here, before any embedding
-    given = {o: getattr(args, o) for o in _METHOD_OPTIONS if getattr(args, o) is not None}
+    resolve_method(method, 0)  # an unknown --method fails here, before any embedding
+    given = {o: options[o] for o in _METHOD_OPTIONS if options[o] is not None}
     for option in given:
         owner = _METHOD_OPTIONS[option]
-        if args.method != owner:
-            chosen = (
-                "the default method auto" if args.method == "auto" else f"--method {args.method}"
-            )
+        if method != owner:
+            chosen = "the default method auto" if method == "auto" else f"--method {method}"
             raise ValueError(
                 f"--{option} is a setting of the {owner} method but the index is built with "
                 f"{chosen}; pass --method {owner} with it, or leave --{option} out"
@@ -61,9 +59,11 @@ def _method_params(args: argparse.Namespace) -> dict[str, int]:
     return given
 
 
-def _check_search_setting(index: Any, args: argparse.Namespace) -> dict[str, int]:
+def _check_search_setting(
+    index: Any, name: str, nprobe: int | None, ef: int | None
+) -> dict[str, int]:
     """``--nprobe`` / ``--ef`` checked against the index's method (one line naming the index)."""
-    given = {o: getattr(args, o, None) for o in ("nprobe", "ef")}
+    given = {"nprobe": nprobe, "ef": ef}
     for option, value in given.items():
         if value is None:
             continue
@@ -73,19 +73,35 @@ def _check_search_setting(index: Any, args: argparse.Namespace) -> dict[str, int
                 index.method, ""
             )
             raise ValueError(
-                f"--{option} applies to an {owner} index, but {args.index} is an "
+                f"--{option} applies to an {owner} index, but {name} is an "
                 f"{index.method} index{takes}; leave --{option} out, or rebuild the index with "
                 f"`rankedlist index build --method {owner}`"
             )
     try:
         return index.search_setting(given["nprobe"], given["ef"])
     except ValueError as err:
-        raise ValueError(f"{err} ({args.index})") from err
+        raise ValueError(f"{err} ({name})") from err
 
 
-def cmd_index_build(args: argparse.Namespace) -> int:
-    """``rankedlist index build``: embed ``--images`` with ``--checkpoint`` or ``--model``,
-    save to ``--out`` with ``--method``.
+def index_build(
+    images: str,
+    out: str,
+    *,
+    checkpoint: str | None = None,
+    model: str | None = None,
+    labels_from_folders: bool = False,
+    method: str = "auto",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    ef: int | None = None,
+    skip_corrupt: bool = False,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> int:
+    """``rankedlist index build``: embed ``images`` with ``checkpoint`` or ``model`` (an ONNX
+    file), save to ``out`` with ``method``.
 
     ``--out`` and the method options are checked first, so a bad output folder or option fails
     at once rather than after every image is embedded.
@@ -94,41 +110,34 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from rankedlist.retrieval.index_files import check_index_destination
     from rankedlist.retrieval.index_swap import index_lock
 
-    params = _method_params(args)
+    params = _method_params(method, {"nlist": nlist, "nprobe": nprobe, "ef": ef})
     try:
-        check_index_destination(args.out)
+        check_index_destination(out)
     except OSError as err:
         raise type(err)(f"--out: {err}") from err
     # One writer per index: a second build or add of --out is refused at once, naming us.
-    with index_lock(args.out, "index build"):
+    with index_lock(out, "index build"):
         index = images_to_index.build_index(
-            args.images,
-            **_embedding_options(args),
-            labels_from_folders=args.labels_from_folders,
-            method=args.method,
+            images,
+            checkpoint=checkpoint,
+            model_file=model,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
+            skip_corrupt=skip_corrupt,
+            labels_from_folders=labels_from_folders,
+            method=method,
             **params,
         )
-        out = _save(index, args.out)
-    model = index.meta.get("model_file") or index.meta["checkpoint"]
+        saved = _save(index, out)
+    used = index.meta.get("model_file") or index.meta["checkpoint"]
     print(
-        f"indexed {len(index)} images ({index.dim}-d) from {args.images} with {model} into "
-        f"{out} ({_describe_method(index)})"
+        f"indexed {len(index)} images ({index.dim}-d) from {images} with {used} into "
+        f"{saved} ({_describe_method(index)})"
     )
     _print_self_retrieval(index)
     return 0
-
-
-def _embedding_options(args: argparse.Namespace) -> dict[str, Any]:
-    """How ``build`` and ``add`` embed images: the model and the loader."""
-    return {
-        "checkpoint": args.checkpoint,
-        "model_file": args.model,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "num_workers": args.num_workers,
-        "progress": not args.no_progress,
-        "skip_corrupt": args.skip_corrupt,
-    }
 
 
 def _save(index: Any, out: str) -> Path:
@@ -151,9 +160,22 @@ def _print_self_retrieval(index: Any) -> None:
         print(f"self-retrieval ({len(index.meta.get('classes', []))} classes{how}): {shown}")
 
 
-def cmd_index_add(args: argparse.Namespace) -> int:
-    """``rankedlist index add``: embed ``--images`` with the index's model and append them to
-    ``--index`` (an approximate index keeps its structure: nothing is retrained).
+def index_add(
+    index: str,
+    images: str,
+    *,
+    checkpoint: str | None = None,
+    model: str | None = None,
+    allow_other_model: bool = False,
+    skip_corrupt: bool = False,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> int:
+    """``rankedlist index add``: embed ``images`` with the index's model (or ``checkpoint`` /
+    ``model``) and append them to the index folder ``index`` (an approximate index keeps its
+    structure: nothing is retrained).
 
     The index's lock is held from the read to the save, so two adds at once cannot both read
     the old index and each save it with only their own images: the second is refused with one
@@ -164,29 +186,35 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     from rankedlist.retrieval.index_files import index_not_found
     from rankedlist.retrieval.index_swap import index_lock, settle_index_folder
 
-    folder = Path(args.index)
+    folder = Path(index)
     settle_index_folder(folder)  # an index a killed save left hidden is put back first
     if not folder.is_dir():  # no lock file is made beside a mistyped path
         raise index_not_found(folder)
     with index_lock(folder, "index add"):
-        index = EmbeddingIndex.load(folder)
-        before = len(index)
+        loaded = EmbeddingIndex.load(folder)
+        before = len(loaded)
         added = images_to_index.add_images(
-            index,
-            args.images,
-            **_embedding_options(args),
-            index_name=args.index,
-            allow_other_model=args.allow_other_model,
+            loaded,
+            images,
+            checkpoint=checkpoint,
+            model_file=model,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
+            skip_corrupt=skip_corrupt,
+            index_name=index,
+            allow_other_model=allow_other_model,
         )
-        out = _save(index, args.index)
+        out = _save(loaded, index)
     print(
-        f"added {added} images from {args.images} to {out}: {before} -> {len(index)} items "
-        f"({_describe_method(index)})"
+        f"added {added} images from {images} to {out}: {before} -> {len(loaded)} items "
+        f"({_describe_method(loaded)})"
     )
-    trained_on = index.method_params.get("trained_on_items")
-    if trained_on and len(index) > _REBUILD_GROWTH * trained_on:
+    trained_on = loaded.method_params.get("trained_on_items")
+    if trained_on and len(loaded) > _REBUILD_GROWTH * trained_on:
         warnings.warn(
-            f"{out} now holds {len(index) / trained_on:.1f} times the items its ivf lists were "
+            f"{out} now holds {len(loaded) / trained_on:.1f} times the items its ivf lists were "
             "trained on; rebuild it with `rankedlist index build` to keep its recall and speed",
             stacklevel=2,
         )
@@ -220,29 +248,45 @@ def _query_labels(files: list[Path], classes: list[str] | None) -> list[int | No
     return labels if any(label is not None for label in labels) else None
 
 
-def cmd_index_search(args: argparse.Namespace) -> int:
-    """``rankedlist index search``: print (and optionally draw) each query's nearest items."""
+def index_search(
+    index: str,
+    queries: list[str],
+    *,
+    k: int = 10,
+    checkpoint: str | None = None,
+    model: str | None = None,
+    nprobe: int | None = None,
+    ef: int | None = None,
+    picture: str | None = None,
+    json_out: str | None = None,
+    allow_other_model: bool = False,
+    skip_corrupt: bool = False,
+    device: str = "auto",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> int:
+    """``rankedlist index search``: print each query's nearest items in the index folder
+    ``index`` (and draw them into ``picture``, write them to ``json_out``); a query is an image
+    file or a folder of them."""
     from rankedlist.retrieval.embedding_index import EmbeddingIndex
     from rankedlist.retrieval.images_to_index import search_images
     from rankedlist.retrieval.index_models import model_for_index
 
-    if isinstance(args.k, bool) or args.k < 1:
-        raise ValueError(f"--k must be at least 1, got {args.k}")
-    index = EmbeddingIndex.load(args.index)
-    setting = _check_search_setting(index, args)
-    model = model_for_index(
-        index, args.checkpoint, args.model, args.device, args.index, args.allow_other_model
-    )
-    files = _query_files(args.queries)
+    if isinstance(k, bool) or k < 1:
+        raise ValueError(f"--k must be at least 1, got {k}")
+    loaded = EmbeddingIndex.load(index)
+    setting = _check_search_setting(loaded, index, nprobe, ef)
+    embedder = model_for_index(loaded, checkpoint, model, device, index, allow_other_model)
+    files = _query_files(queries)
     results = search_images(
-        index,
-        model,
+        loaded,
+        embedder,
         files,
-        args.k,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=not args.no_progress,
-        skip_corrupt=args.skip_corrupt,
+        k,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        skip_corrupt=skip_corrupt,
         **setting,
     )
     # With --skip-corrupt an unreadable query has no results (and had its warning).
@@ -251,28 +295,28 @@ def cmd_index_search(args: argparse.Namespace) -> int:
     for qpath, hits in zip(files, results, strict=True):
         print(f"{qpath}")
         for rank, m in enumerate(hits, 1):
-            label = "" if m.label is None else f"  [{_class_name(index, m.label)}]"
+            label = "" if m.label is None else f"  [{_class_name(loaded, m.label)}]"
             print(f"  {rank:>3}  {m.similarity:.4f}  {m.item}{label}")
-    if args.json_out:
-        _write_json(args.json_out, files, results, index.meta.get("classes"))
-    if args.picture and files:
+    if json_out:
+        _write_json(json_out, files, results, loaded.meta.get("classes"))
+    if picture and files:
         from rankedlist.retrieval.search_picture import save_search_picture
 
         try:
-            picture = save_search_picture(
+            drawn = save_search_picture(
                 files,
                 results,
-                args.picture,
-                args.k,
-                query_labels=_query_labels(files, index.meta.get("classes")),
-                class_names=index.meta.get("classes"),
+                picture,
+                k,
+                query_labels=_query_labels(files, loaded.meta.get("classes")),
+                class_names=loaded.meta.get("classes"),
             )
         except OSError as err:
             raise OSError(
-                f"could not write --picture {args.picture} ({os_reason(err)}); free disk space "
+                f"could not write --picture {picture} ({os_reason(err)}); free disk space "
                 "or choose another path"
             ) from err
-        print(f"picture: {picture}", file=sys.stderr)
+        print(f"picture: {drawn}", file=sys.stderr)
     return 0
 
 

@@ -23,7 +23,8 @@ from rankedlist.training.evaluate_checkpoint import evaluate_checkpoint
 from rankedlist.training.health import NonFiniteLossError
 from rankedlist.training.optim import build_optimizer, build_scheduler
 from rankedlist.training.run import build_model
-from rankedlist.training.train import TrainResult, main
+from rankedlist.training.train import main
+from rankedlist.training.train_result import TrainResult
 
 __all__ = [
     "Config",

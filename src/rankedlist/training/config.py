@@ -285,8 +285,15 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Read a YAML recipe (or start from the defaults when ``path`` is None) and apply overrides."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML recipe (or start from the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a file or a recipe name (``"glyphs"``), found as ``rankedlist train --config``
+    finds it: ``./configs`` first, then the shipped recipes
+    (:func:`~rankedlist.training.recipes.find_recipe`).
+    """
+    from rankedlist.training.recipes import find_recipe
+
+    data = _read_yaml(find_recipe(path)) if path is not None else {}
     return apply_overrides(config_from_dict(data), list(overrides))
 
 

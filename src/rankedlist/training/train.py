@@ -10,7 +10,8 @@ uses lives in a module named after it:
    pruner stops the run there);
 4. ``test_and_report``: the test split once, ``metrics.json`` and the report.
 
-The objects of a run are :class:`~rankedlist.training.run.Run`; its folder's guards (one writer,
+The objects of a run are :class:`~rankedlist.training.run.Run`, what ``main`` returns a
+:class:`~rankedlist.training.train_result.TrainResult`; its folder's guards (one writer,
 an existing run, what a resume continues) are :mod:`~rankedlist.training.run_folder`, a resume's
 recipe check :mod:`~rankedlist.training.resume_config`. Logging, checkpoints and the report
 happen on rank 0 only; every collective runs on all ranks.
@@ -19,7 +20,7 @@ happen on rank 0 only; every collective runs on all ranks.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,7 @@ from rankedlist.training import distributed as dist_utils
 from rankedlist.training.batch_feed import make_train_loader
 from rankedlist.training.checkpoint import capture_rng_state, restore_rng_state
 from rankedlist.training.config import Config, config_from_dict
-from rankedlist.training.evaluation_pass import (
-    FUSED,
-    evaluate,
-)
+from rankedlist.training.evaluation_pass import FUSED, evaluate
 from rankedlist.training.final_test import test_and_report
 from rankedlist.training.health import NonFiniteLossError, divergence_message
 from rankedlist.training.run import Run, start_run
@@ -45,12 +43,12 @@ from rankedlist.training.signals import (
     stop_on_signals,
 )
 from rankedlist.training.step import train_one_step
+from rankedlist.training.train_result import TrainResult, trained
 
 __all__ = [
     "NonFiniteLossError",
     "RunExistsError",
     "RunInterrupted",
-    "TrainResult",
     "ValidationHook",
     "main",
     "test_and_report",
@@ -61,29 +59,6 @@ __all__ = [
 #: Called on rank 0 after each validation with (iteration, the fused val metrics); returning
 #: True stops the run there (status "pruned"), e.g. a tuner's pruner.
 ValidationHook = Callable[[int, dict[str, float]], bool]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`main` returns.
-
-    ``status`` is ``"completed"``, ``"interrupted"`` (a signal; a checkpoint was saved),
-    ``"stopped"`` (``stop_after`` reached; a checkpoint was saved) or ``"pruned"`` (the
-    ``on_validation`` hook stopped it; a checkpoint was saved). ``test_metrics`` maps ``"fused"``
-    and each head name to the evaluation's flat metric dict (empty unless completed).
-    ``validation`` lists ``{"step": iteration, metric: value, ...}`` for every validation of the
-    run (resumed parts included); ``best`` is ``{"metric", "value", "iteration"}``.
-    """
-
-    run_dir: Path
-    status: str
-    iteration: int
-    test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    report_files: dict[str, Path] = field(default_factory=dict)
-    checkpoint: Path | None = None
-    signal: int | None = None
-    validation: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)
 
 
 # =========================================================================== the loop
@@ -275,9 +250,7 @@ def _train_test_report(run: Run, log: RunLog, stop_after, on_validation, test) -
         raise
     log.end_progress()
     last = run.run_dir / "last.pt"
-    history = [r for r in log.records() if any(k.startswith("val/") for k in r)]
-    validation = [{k.removeprefix("val/"): v for k, v in r.items()} for r in history]
-    done = {"validation": validation, "best": dict(run.best), "checkpoint": last}
+    result = trained(run, log)
     if why is not None:  # a signal, stop_after or the hook: resume later
         log.close()
         # A pruned run was stopped by its caller (a tuner), which says what happens next.
@@ -286,11 +259,11 @@ def _train_test_report(run: Run, log: RunLog, stop_after, on_validation, test) -
             f"{f'interrupted by signal {signum}' if signum else why} at iteration "
             f"{run.iteration}; checkpoint saved to {last}{hint}"
         )
-        return TrainResult(run.run_dir, why, run.iteration, signal=signum, **done)
+        return replace(result, status=why, signal=signum)
 
     if not test:
         log.close()
-        return TrainResult(run.run_dir, "completed", run.iteration, **done)
+        return result
     # Training is complete and saved; a signal from here on must say how to finish the rest.
     try:
         with raise_on_signals():
@@ -312,4 +285,4 @@ def _train_test_report(run: Run, log: RunLog, stop_after, on_validation, test) -
     for name, path in files.items():
         log.message(f"{name}: {path}")
     dist_utils.barrier(run.ctx)
-    return TrainResult(run.run_dir, "completed", run.iteration, metrics, files, **done)
+    return replace(result, test_metrics=metrics, report_files=files)

@@ -10,15 +10,15 @@
   validation fold with ``--folds``);
 * :mod:`~rankedlist.tune.search`: :func:`tune`, the search from the recipe to ``--out``;
 * :mod:`~rankedlist.tune.final`: the best configuration trained once more and tested once;
-* :mod:`~rankedlist.tune.report`: ``trials.csv``, ``report.md`` and its pictures;
-* :mod:`~rankedlist.tune.cli`: ``add_tune_parser`` and ``run_tune_command`` for the CLI.
+* :mod:`~rankedlist.tune.report`: ``trials.csv``, ``report.md`` and its pictures.
+
+The command line (``rankedlist tune``) is :mod:`rankedlist.cli.tune`.
 
 Optuna is imported only when a study runs, so ``import rankedlist.tune`` stays light.
 """
 
 from __future__ import annotations
 
-from rankedlist.tune.cli import add_tune_parser, run_tune_command
 from rankedlist.tune.search import TuneOptions, TuneResult, tune
 
-__all__ = ["TuneOptions", "TuneResult", "add_tune_parser", "run_tune_command", "tune"]
+__all__ = ["TuneOptions", "TuneResult", "tune"]

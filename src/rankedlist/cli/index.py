@@ -1,38 +1,27 @@
 """``rankedlist index build``, ``rankedlist index add`` and ``rankedlist index search``.
 
-``add_index_parser(subparsers)`` registers the ``index`` command on the main parser's
-sub-parsers; ``run_index_command(args)`` runs the chosen action and returns the exit code: 0, or
-2 after printing one ``error:`` line (what is wrong, the file, the fix) for a bad input or a
-failed read or write; ``--debug`` raises the error instead, with its traceback. Warnings (a
-skipped unreadable image) are printed as one ``warning:`` line each.
+The work is :mod:`rankedlist.retrieval.index_actions`. Exit code 0, or 2 after one ``error:``
+line (what is wrong, the file, the fix) for a bad input or a failed read or write; ``--debug``
+raises the error instead, with its traceback. Warnings (a skipped unreadable image) are printed
+as one ``warning:`` line each.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import warnings
 from typing import Any
 
-from rankedlist.retrieval.index_actions import (
-    cmd_index_add,
-    cmd_index_build,
-    cmd_index_search,
-    os_reason,
-)
+from rankedlist.cli.errors import one_line, report_errors
 
-__all__ = [
-    "add_index_parser",
-    "cmd_index_add",
-    "cmd_index_build",
-    "cmd_index_search",
-    "run_index_command",
-]
+__all__ = ["add_parser", "run"]
 
 
-def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``index`` (with ``build`` and ``search``) to ``parser.add_subparsers()``."""
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``index`` (with ``build``, ``add`` and ``search``) to ``parser.add_subparsers()``."""
+    from rankedlist.retrieval.index_methods import AUTO_EXACT_BELOW, HNSW_EF_SEARCH
+
     index = subparsers.add_parser(
         "index",
         help="build a retrieval index of a folder of images with a trained model, add to it, "
@@ -41,8 +30,6 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
         "into an index folder, exact or approximate (faiss ivf / hnsw), add images to it, and "
         "find the nearest indexed images of query images.",
     )
-    from rankedlist.retrieval.index_methods import AUTO_EXACT_BELOW, HNSW_EF_SEARCH
-
     actions = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
     build = actions.add_parser(
@@ -80,7 +67,6 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--ef", type=int, help=f"hnsw: candidates a search explores by default ({HNSW_EF_SEARCH})"
     )
     _add_runtime_options(build)
-    build.set_defaults(index_handler=cmd_index_build)
 
     add = actions.add_parser(
         "add",
@@ -99,7 +85,6 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_other_model_option(add)
     _add_runtime_options(add)
-    add.set_defaults(index_handler=cmd_index_add)
 
     search = actions.add_parser(
         "search",
@@ -126,7 +111,6 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_other_model_option(search)
     _add_runtime_options(search)
-    search.set_defaults(index_handler=cmd_index_search)
     return index
 
 
@@ -159,7 +143,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_index_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the ``index`` action chosen on the command line.
 
     A bad input or a failed read or write (``ValueError``, ``TypeError``, any ``OSError``:
@@ -167,59 +151,55 @@ def run_index_command(args: argparse.Namespace) -> int:
     disk, an undecodable image) is printed as one ``error:`` line and returns 2; with
     ``--debug`` it is raised, traceback and all.
     """
-    import torch
-
-    from rankedlist.extras import MissingExtraError
-
-    OOM = torch.cuda.OutOfMemoryError  # noqa: N806
-    debug = getattr(args, "debug", False)
+    action = {"build": _build, "add": _add, "search": _search}[args.index_command]
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # every warning of this command, even one seen before
-        if not debug:
+        if not getattr(args, "debug", False):
             warnings.showwarning = _print_warning
-        try:
-            return args.index_handler(args)
-        except (ValueError, TypeError, OSError, MissingExtraError, OOM) as exc:
-            if debug:
-                raise
-            print(f"error: {_one_line(_error_message(exc, args))}", file=sys.stderr)
-            return 2
+        return report_errors("index", action, args)
 
 
-def _error_message(exc: BaseException, args: argparse.Namespace) -> str:
-    """The error's message, in the command line's words where the library speaks Python."""
-    import torch
+def _build(args: argparse.Namespace) -> int:
+    from rankedlist.retrieval.index_actions import index_build
 
-    from rankedlist.data import CorruptImageError
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return (
-            f"out of GPU memory on {args.device} embedding {args.batch_size} images at a time; "
-            "pass a smaller --batch-size or --device cpu"
-        )
-    if isinstance(exc, CorruptImageError):
-        search = args.index_handler is cmd_index_search
-        skip = (
-            "pass --skip-corrupt to skip unreadable query images with a warning"
-            if search
-            else "pass --skip-corrupt to leave unreadable images out of the index with a warning"
-        )
-        path = getattr(exc, "path", None)
-        reason = getattr(exc, "reason", None) or (exc.__cause__ and str(exc.__cause__))
-        if path is not None and reason:
-            what = "query image" if search else "image"
-            return f"cannot decode {what} {path}: {reason}. Replace or delete the file, or {skip}"
-        return str(exc).replace("pass skip_corrupt=True to skip unreadable images", skip)
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        # An errno error that no step above explained (a permission, a failing disk).
-        return f"{os_reason(exc)} (check the path, its permissions and the disk)"
-    return str(exc)
+    return index_build(
+        args.images, args.out, checkpoint=args.checkpoint, model=args.model,
+        labels_from_folders=args.labels_from_folders, method=args.method, nlist=args.nlist,
+        nprobe=args.nprobe, ef=args.ef, **_embedding(args),
+    )  # fmt: skip
 
 
-def _one_line(text: object) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(text).strip())
+def _add(args: argparse.Namespace) -> int:
+    from rankedlist.retrieval.index_actions import index_add
+
+    return index_add(
+        args.index, args.images, checkpoint=args.checkpoint, model=args.model,
+        allow_other_model=args.allow_other_model, **_embedding(args),
+    )  # fmt: skip
+
+
+def _embedding(args: argparse.Namespace) -> dict[str, Any]:
+    """How ``build`` and ``add`` embed images: the loader."""
+    return {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "progress": not args.no_progress,
+        "skip_corrupt": args.skip_corrupt,
+    }
+
+
+def _search(args: argparse.Namespace) -> int:
+    from rankedlist.retrieval.index_actions import index_search
+
+    return index_search(
+        args.index, args.queries, k=args.k, checkpoint=args.checkpoint, model=args.model,
+        nprobe=args.nprobe, ef=args.ef, picture=args.picture, json_out=args.json_out,
+        allow_other_model=args.allow_other_model, skip_corrupt=args.skip_corrupt,
+        device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+    )  # fmt: skip
 
 
 def _print_warning(message: Warning | str, *_: Any, **__: Any) -> None:
     """``warnings.showwarning`` for the command line: ``warning: <message>``, no source line."""
-    print(f"warning: {_one_line(message)}", file=sys.stderr)
+    print(f"warning: {one_line(message)}", file=sys.stderr)

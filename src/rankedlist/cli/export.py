@@ -1,24 +1,22 @@
 """``rankedlist export``: a run's embedding model as an ONNX or TorchScript file.
 
-``add_export_parser(subparsers)`` registers the command on the main parser's sub-parsers;
-``run_export_command(args)`` runs it and returns the exit code: 0, or 2 after printing one
-``error:`` line (what is wrong, the file, the fix) for a bad input, a missing optional
-dependency, a model that cannot be exported or an export that does not match PyTorch;
-``--debug`` raises the error instead, with its traceback.
+Exit code 0, or 2 after one ``error:`` line (what is wrong, the file, the fix) for a bad input,
+a missing optional dependency, a model that cannot be exported or an export that does not match
+PyTorch; ``--debug`` raises the error instead, with its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import sys
 from typing import Any
 
-__all__ = ["add_export_parser", "run_export_command"]
+from rankedlist.cli.errors import report_errors
+
+__all__ = ["add_parser", "run"]
 
 
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``export`` to ``parser.add_subparsers()``."""
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``export`` to ``parser.add_subparsers()``; returns its parser."""
     from rankedlist.export.exporters import FORMATS, ONNX_OPSET
 
     export = subparsers.add_parser(
@@ -49,17 +47,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     return export
 
 
-def run_export_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``rankedlist export``; one ``error:`` line and exit code 2 on a bad input."""
-    from rankedlist.extras import MissingExtraError
-
-    try:
-        return _export(args)
-    except (ValueError, TypeError, OSError, MissingExtraError) as exc:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: {_one_line(_message(exc))}", file=sys.stderr)
-        return 2
+    return report_errors("export", _export, args)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -91,13 +81,3 @@ def _export(args: argparse.Namespace) -> int:
         )
     print(f"  input contract: in the file and in {result.sidecar}")
     return 0
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.strerror}: {exc.filename} (check the path, its permissions and the disk)"
-    return str(exc)
-
-
-def _one_line(text: object) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(text).strip())

@@ -1,9 +1,8 @@
-"""``rankedlist compare``: the command line of a tuned comparison of losses.
+"""``rankedlist compare``: losses compared fairly, each tuned alike, tested once per seed.
 
-``add_compare_parser(subparsers)`` registers ``compare`` on the main parser's sub-parsers and
-``run_compare_command(args)`` runs it (exit code 0, or 130 / 143 when SIGINT / SIGTERM stopped
-it; a bad plan is raised as a ``ValueError`` for the main command line to print as one
-``error:`` line before anything runs).
+The work is :func:`rankedlist.compare.run_comparison`. Exit code 0, or 130 / 143 when SIGINT /
+SIGTERM stopped it; a bad plan is raised as a ``ValueError`` (one ``error:`` line, printed by
+:mod:`rankedlist.cli.errors`) before anything runs.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["VALUE_OPTIONS", "add_compare_parser", "plan_from_args", "run_compare_command"]
+__all__ = ["DESCRIPTION", "add_parser", "plan_from_args", "run"]
 
 DESCRIPTION = (
     "Compare losses fairly: every recipe's loss gets the same hyper-parameter search (one Optuna "
@@ -24,14 +23,9 @@ DESCRIPTION = (
     "SIGTERM leaves it consistent and the same command continues (done runs are never tested "
     "again; more --seeds run only the new seeds)."
 )
-#: The options whose next word is their value (never a KEY=VALUE override).
-VALUE_OPTIONS = (
-    "--recipes", "--plan", "--trials", "--seeds", "--folds", "--storage", "--out", "--metric",
-    "--pruner", "--sampler-seed",
-)  # fmt: skip
 
 
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``compare`` to ``parser.add_subparsers()``; returns its parser."""
     parser = subparsers.add_parser(
         "compare",
@@ -69,7 +63,7 @@ def plan_from_args(args: argparse.Namespace) -> Any:
     return parse_plan(values, args.plan)
 
 
-def run_compare_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``rankedlist compare``; 0, or 128 + the signal that stopped it."""
     from rankedlist.compare.runner import CompareInterrupted, run_comparison
 

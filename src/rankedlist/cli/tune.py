@@ -1,20 +1,17 @@
-"""``rankedlist tune``: the command line of the hyper-parameter search.
+"""``rankedlist tune``: the hyper-parameter search, its best configuration trained and tested once.
 
-``add_tune_parser(subparsers)`` registers ``tune`` on the main parser's sub-parsers and
-``run_tune_command(args)`` runs it (exit code 0, or 130 / 143 when SIGINT / SIGTERM stopped the
-worker; errors are raised for the main command line to print as one ``error:`` line).
-``python -m rankedlist.tune`` runs the same command on its own.
+The work is :func:`rankedlist.tune.tune`. Exit code 0, or 130 / 143 when SIGINT / SIGTERM stopped
+the worker; errors are printed by :mod:`rankedlist.cli.errors`. ``python -m rankedlist.tune``
+runs the same command on its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
-import sys
-from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_tune_parser", "main", "options_from_args", "run_tune_command"]
+__all__ = ["DESCRIPTION", "add_parser", "options_from_args", "run"]
 
 DESCRIPTION = (
     "Search hyper-parameters with Optuna (seeded TPE, a pruner) on a class-disjoint validation "
@@ -26,25 +23,15 @@ DESCRIPTION = (
     "read once: a study whose best was tested takes no more trials (search further in a new "
     "--study and --out)."
 )
-#: The options whose next word is their value (never a KEY=VALUE override).
-VALUE_OPTIONS = (
-    "--config", "-c", "--trials", "--study", "--storage", "--out", "--space", "--timeout",
-    "--metric", "--pruner", "--seed", "--folds",
-)  # fmt: skip
 
 
-def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``tune`` to ``parser.add_subparsers()``; returns its parser."""
-    tune = subparsers.add_parser(
+    parser = subparsers.add_parser(
         "tune",
         help="search hyper-parameters on the validation classes, then train the best and test it",
         description=DESCRIPTION,
     )
-    _add_arguments(tune)
-    return tune
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="a YAML recipe path or a recipe name")
     parser.add_argument(
         "--trials", type=int, required=True, metavar="N",
@@ -89,9 +76,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.iterations=300"
     )
+    return parser
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~rankedlist.tune.TuneOptions` of the command line."""
     from rankedlist.tune.search import TuneOptions
 
     return TuneOptions(
@@ -111,7 +100,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def run_tune_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``rankedlist tune``; 0, or 128 + the signal that stopped it."""
     from rankedlist.tune.search import tune
 
@@ -119,24 +108,3 @@ def run_tune_command(args: argparse.Namespace) -> int:
     if result.status == "interrupted":
         return 128 + int(result.signal or signal.SIGINT)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rankedlist.tune ARGS``: the command on its own, errors as one line."""
-    from rankedlist.extras import MissingExtraError
-    from rankedlist.training.health import NonFiniteLossError
-
-    parser = argparse.ArgumentParser(prog="rankedlist tune", description=DESCRIPTION)
-    _add_arguments(parser)
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    try:
-        args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return run_tune_command(args)
-    except (ValueError, TypeError, FileNotFoundError, MissingExtraError, NonFiniteLossError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1 if isinstance(exc, NonFiniteLossError) else 2
