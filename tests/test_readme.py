@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 from pathlib import Path
@@ -53,8 +54,10 @@ def test_readme_command_parses_and_its_recipe_resolves(argv):
 
 
 def test_readme_commands_were_found():
-    names = {argv[0] for argv in _commands()}
-    assert {"train", "evaluate", "recipes", "show-config", "index"} <= names
+    assert {"train", "index"} <= {argv[0] for argv in _commands()}
+    guide = (README.parent / "docs" / "guide.md").read_text(encoding="utf-8")
+    for name in ("train", "evaluate", "recipes", "show-config", "index", "tune", "compare"):
+        assert f"rankedlist {name}" in guide, name
 
 
 def test_readme_loss_example_runs():
@@ -65,3 +68,40 @@ def test_readme_loss_example_runs():
     assert loss.ndim == 0 and bool(loss.isfinite())
     assert namespace["embeddings"].grad is not None
     assert set(stats) >= {"active_pos", "active_neg", "nonzero_frac"}
+
+
+DOCS = README.parent / "docs"
+
+
+def test_the_docs_commands_parse_too():
+    """The guide's and the results' commands are held to the README's standard."""
+    for name in ("guide.md", "results.md"):
+        text = (DOCS / name).read_text(encoding="utf-8")
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if words[:1] != ["rankedlist"]:
+                    continue
+                args = parse_command_line(words[1:])
+                if args.command in ("train", "show-config") and args.config:
+                    load_config(find_recipe(args.config), args.overrides)
+
+
+def test_the_docs_the_readme_links_exist():
+    text = README.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (README.parent / target).is_file(), target
+
+
+def test_architecture_lists_the_training_modules_in_the_tested_order():
+    """docs/ARCHITECTURE.md's reading order of the training modules is the one the architecture
+    test enforces."""
+    source = (README.parent / "tests" / "test_architecture.py").read_text(encoding="utf-8")
+    assignment = re.search(r"TRAINING_ORDER = (\[.*?\])", source, flags=re.S).group(1)
+    TRAINING_ORDER = ast.literal_eval(assignment)  # noqa: N806 - the architecture test's name
+    text = (DOCS / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    start = text.index("imported in this\n  order only")
+    end = text.index("- A run folder holds", start)
+    named = re.findall(r"`([a-z_]+)`", text[start:end])
+    listed = [n for n in dict.fromkeys(named) if n in TRAINING_ORDER]
+    assert listed == TRAINING_ORDER
