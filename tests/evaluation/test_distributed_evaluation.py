@@ -57,7 +57,7 @@ def test_two_processes_give_the_single_process_numbers(ranks, one_process, case)
 @pytest.mark.slow
 def test_cases_cover_lone_queries_and_both_screens(ranks):
     from rankedlist.evaluation._inputs import prepare
-    from rankedlist.evaluation._screened import choose_kind
+    from rankedlist.evaluation._screen_bound import choose_kind
 
     cases = W.cases()
     assert ranks[0]["gallery_auto"]["lone_queries"] >= 4  # 4 made lone, some by chance

@@ -22,7 +22,7 @@ import rankedlist.evaluation._screened as screened_mod
 from rankedlist.evaluation import retrieval_metrics
 from rankedlist.evaluation._exact import exact_block, exact_pairs
 from rankedlist.evaluation._inputs import prepare
-from rankedlist.evaluation._screen_bound import _bound, _norm_stats
+from rankedlist.evaluation._screen_bound import error_bound, norm_stats
 from rankedlist.evaluation._screened import row_values, screened_rows
 
 # Warnings of invalid values (NaN from inf arithmetic) would be bugs here.
@@ -295,8 +295,8 @@ def test_bf16_bound_holds_for_torch_products():
     x[350:] = x[:350] + 1e-3 * rng.standard_normal((350, 96))
     xn = normalised(x)
     xh = torch.from_numpy(xn).to(torch.bfloat16)
-    _, *stats = _norm_stats(xn, xh)
-    bound = _bound(96, tuple(stats), tuple(stats), "bf16")
+    _, *stats = norm_stats(xn, xh)
+    bound = error_bound(96, tuple(stats), tuple(stats), "bf16")
     screened = (xh @ xh.T).float().numpy().astype(np.float64)
     exact = exact_block(xn, xn).astype(np.float64)
     err = np.abs(screened - exact)

@@ -1,4 +1,5 @@
-"""The public oracles T1 and T3 of rll-spec.md section 5, to 1e-5 (distances to 1e-6)."""
+"""Two small cases whose loss values were worked out by hand (T1: a batch at the paper's
+defaults, T3: a reference set), to 1e-5 (distances to 1e-6)."""
 
 import math
 
@@ -43,7 +44,7 @@ def test_t1_distances_match_the_spec(gradient, dtype):
 
 @pytest.mark.parametrize("gradient", GRADIENTS)
 def test_t1_active_sets_follow_the_spec_distances(gradient):
-    # At the defaults (b = 0.8, alpha = 1.2) the spec's distances decide the active sets:
+    # At the defaults (b = 0.8, alpha = 1.2) the worked distances decide the active sets:
     # positives d01 = 1.0 > b (both queries of class 0), d23 = 1.147 > b; negatives below 1.2:
     # query 0: d02; query 1: d12, d13; query 2: d02, d12; query 3: d13.
     x, y = t1_points()

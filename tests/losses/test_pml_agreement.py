@@ -2,7 +2,7 @@
 
 PML computes (1 - imbalance) L_P + imbalance L_N with imbalance = 0.5, differentiates through the
 weights and the gallery (our gradient="autograd") and adds 1e-5 per column to each denominator.
-So with lam = 1 our loss is twice PML's, up to those epsilon terms (spec section 6), on batches
+So with lam = 1 our loss is twice PML's, up to those epsilon terms, on batches
 without zero distances (PML drops negatives at distance exactly 0).
 """
 

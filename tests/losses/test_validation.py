@@ -5,7 +5,7 @@ import pytest
 import torch
 
 # The naive double-loop reference (pytest puts this directory on sys.path: no package here).
-from test_reference import expected, naive_rll
+from _naive_rll import expected, naive_rll
 
 from rankedlist import RankedListLoss, ranked_list_loss
 

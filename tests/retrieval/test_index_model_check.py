@@ -25,7 +25,8 @@ from PIL import Image
 from rankedlist.cli.main import main as cli
 from rankedlist.data import build_transform
 from rankedlist.models import model_fingerprint
-from rankedlist.retrieval import EmbeddingIndex, load_model_from_checkpoint, open_index_model
+from rankedlist.retrieval import EmbeddingIndex, open_index_model
+from rankedlist.training.checkpoint_model import load_model_from_checkpoint
 
 RUNTIME = ["--device", "cpu", "--no-progress", "--batch-size", "1"]
 

@@ -19,10 +19,10 @@ from rankedlist.retrieval import (
     EmbeddingIndex,
     build_index_from_checkpoint,
     list_images,
-    load_model_from_checkpoint,
     save_search_picture,
     search_images,
 )
+from rankedlist.training.checkpoint_model import load_model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rankedlist.training.config import (
-    Config,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-    save_config,
-)
+from rankedlist.training.config import apply_overrides, config_from_dict, load_config, save_config
+from rankedlist.training.config_schema import Config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -25,6 +25,7 @@ from rankedlist.cli.main import main as cli
 from rankedlist.training import run as run_module
 from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import EXPLODED, load_checkpoint
+from rankedlist.training.health import NonFiniteLossError
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow  # faults injected into real training runs and processes
@@ -115,7 +116,7 @@ def test_the_checkpoint_guard_refuses_exploded_weights(tmp_path):
     before = (tmp_path / "last.pt").read_bytes()
     with torch.no_grad():
         next(run.model.parameters())[0] = 5e28  # what lr = 1e30 did to the weights
-    with pytest.raises(train_module.NonFiniteLossError, match="max |x| = 5e"):
+    with pytest.raises(NonFiniteLossError, match="max |x| = 5e"):
         run.save()
     assert (tmp_path / "last.pt").read_bytes() == before
 
@@ -128,7 +129,8 @@ from rankedlist.training.config import config_from_dict
 from rankedlist.training.distributed import init_distributed, wrap_model, cleanup_distributed
 from rankedlist.training.loss_factory import build_loss
 from rankedlist.training.optim import build_optimizer
-from rankedlist.training.train import NonFiniteLossError, train_one_step
+from rankedlist.training.health import NonFiniteLossError
+from rankedlist.training.step import train_one_step
 
 class Heads(torch.nn.Module):
     def __init__(self):

@@ -112,7 +112,8 @@ def test_proxy_anchor_exposes_trainable_proxies():
 
 
 def test_rll_matches_the_spec_oracle():
-    # rll-spec.md section 5, T1: batch loss 0.907714 with the paper's defaults.
+    # The hand-worked case T1 (tests/losses/test_oracles.py): batch loss 0.907714 at the paper's
+    # defaults.
     pts = [(0, 2.0), (60, 0.5), (30, 3.0), (100, 1.0)]
     x = torch.tensor(
         [[r * math.cos(math.radians(a)), r * math.sin(math.radians(a))] for a, r in pts],

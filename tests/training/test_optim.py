@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rankedlist.training.config import OptimConfig, ScheduleConfig
+from rankedlist.training.config_schema import OptimConfig, ScheduleConfig
 from rankedlist.training.optim import build_optimizer, build_scheduler
 
 

@@ -8,8 +8,9 @@ from torch import nn
 
 from rankedlist.training.config import config_from_dict
 from rankedlist.training.distributed import DistributedContext
+from rankedlist.training.health import NonFiniteLossError
 from rankedlist.training.optim import build_optimizer
-from rankedlist.training.train import NonFiniteLossError, train_one_step
+from rankedlist.training.step import train_one_step
 
 
 class TwoHeads(nn.Module):

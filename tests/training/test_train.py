@@ -17,6 +17,7 @@ import yaml
 from rankedlist.training import run as run_module
 from rankedlist.training import train as train_module
 from rankedlist.training.checkpoint import load_checkpoint, save_checkpoint
+from rankedlist.training.health import NonFiniteLossError
 
 pytestmark = pytest.mark.slow  # tiny training runs end to end (resume, signals, bf16)
 
@@ -92,7 +93,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(run_module, "build_losses", build)
     config = tiny_run.config(tmp_path, "train.iterations=10", "train.checkpoint_every=2")
-    with pytest.raises(train_module.NonFiniteLossError, match="iteration 5") as info:
+    with pytest.raises(NonFiniteLossError, match="iteration 5") as info:
         train_module.main(config)
     assert "last.pt (iteration 4)" in str(info.value)
     state = load_checkpoint(tmp_path / "last.pt")

@@ -65,7 +65,8 @@ def plan_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rankedlist compare``; 0, or 128 + the signal that stopped it."""
-    from rankedlist.compare.runner import CompareInterrupted, run_comparison
+    from rankedlist.compare.finals import CompareInterrupted
+    from rankedlist.compare.runner import run_comparison
 
     plan = plan_from_args(args)
     try:

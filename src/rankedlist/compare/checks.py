@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rankedlist.compare.plan import ComparePlan, recipe_key
-from rankedlist.training.config import Config, load_config
+from rankedlist.training.config import load_config
+from rankedlist.training.config_schema import Config
 from rankedlist.training.recipes import find_recipe, list_recipes
 
 __all__ = ["JOURNAL", "LossPlan", "Resolved", "describe_space", "resolve_plan", "shared_names"]

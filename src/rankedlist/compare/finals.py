@@ -189,7 +189,7 @@ def visit(run: FinalRun, guard: Any, reads: TestReads) -> str:
 
 
 def _train(run: FinalRun, guard: Any, reads: TestReads) -> str:
-    from rankedlist.training.train import RunInterrupted
+    from rankedlist.training.signals import RunInterrupted
     from rankedlist.training.train import main as train_main
     from rankedlist.tune.trials import TuneInterrupted
 

@@ -53,7 +53,7 @@ from rankedlist.compare.statistics import (
 )
 from rankedlist.report.markdown import MISSING, markdown_table
 
-__all__ = ["results_table", "summary_sentences", "validate_results", "write_compare_report"]
+__all__ = ["results_table", "validate_results", "write_compare_report"]
 
 _TOP_KEYS = ("rankedlist_version", "versions", "plan", "test_reads", "losses")
 _PLAN_KEYS = ("recipes", "trials", "seeds", "folds", "overrides", "iterations", "pruner",

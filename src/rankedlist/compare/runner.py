@@ -42,8 +42,9 @@ from rankedlist.compare.finals import (
     visit,
 )
 from rankedlist.compare.plan import ComparePlan, parse_plan
+from rankedlist.tune.study import held
 
-__all__ = ["ATTR", "CompareInterrupted", "run_comparison"]
+__all__ = ["ATTR", "run_comparison"]
 
 #: The study attribute recording what every study of a comparison shares.
 ATTR = "rankedlist_compare"
@@ -123,7 +124,7 @@ def open_studies(resolved: Resolved) -> None:
     for loss in resolved.losses:  # every check first: a refusal changes nothing
         _check_study(resolved, loss, existing[loss.key], wanted[loss.key])
     for loss in resolved.losses:
-        with _locked(lock):
+        with held(lock):
             study = optuna.create_study(
                 study_name=loss.study, storage=storage, direction="maximize", load_if_exists=True
             )
@@ -300,18 +301,6 @@ def _exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _locked(lock: Any) -> Iterator[None]:
-    if lock is None:
-        yield
-        return
-    lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _say(message: str) -> None:

@@ -41,7 +41,6 @@ from rankedlist.data.glyph_font_coverage import (
     DEFAULT_CHARACTERS,
     MIN_FONT_COVERAGE,
     font_files,
-    glyph_fonts,
 )
 from rankedlist.data.glyph_rendering import (
     BASELINE_FRACTION,
@@ -59,11 +58,9 @@ from rankedlist.data.transforms import GlyphsToTensor
 # DEFAULT_CHARACTERS and glyph_fonts are defined in glyph_font_coverage and re-exported here, so
 # this module's public names are what they were before the split.
 __all__ = [
-    "DEFAULT_CHARACTERS",
     "GlyphDataset",
     "default_cache_dir",
     "glyph_dropped_classes",
-    "glyph_fonts",
 ]
 
 

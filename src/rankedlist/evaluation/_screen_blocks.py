@@ -9,7 +9,7 @@ Kept entries below a raised threshold are dropped again.
 of rows ``[a, b)`` are multiplied only with columns ``[a, M)``: each off-diagonal entry serves
 its row and its column (the latter through the column thresholds). Half the products.
 
-**Distributed.** Strips are dealt out to the processes (balanced by their size, ``_strips``);
+**Distributed.** Strips are dealt out to the processes (balanced by their size, ``process_strips``);
 thresholds are local to a process, which only makes it keep more.
 """
 
@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from rankedlist.evaluation._inputs import RetrievalProblem
-from rankedlist.evaluation._screen_bound import _down32, _Screen
-from rankedlist.evaluation._screen_rows import _Rows
+from rankedlist.evaluation._screen_bound import Screen, down32
+from rankedlist.evaluation._screen_rows import Rows
 
 PRE_SAMPLE = 512  # gallery columns of the threshold pre-pass
-_MAX_KEPT = 2**27  # kept entries above which screening is abandoned (pathological ties)
+MAX_KEPT = 2**27  # kept entries above which screening is abandoned (pathological ties)
 
 
-def _pre_pass(problem: RetrievalProblem, screen: _Screen, state: _Rows, rows: np.ndarray) -> None:
+def pre_pass(problem: RetrievalProblem, screen: Screen, state: Rows, rows: np.ndarray) -> None:
     """Start the certain counts of ``rows`` from a sample of columns, screened like the main
     pass (relevant items and self left out): ``state.certain_pre``."""
     m = problem.gallery.shape[0]
@@ -43,14 +43,14 @@ def _pre_pass(problem: RetrievalProblem, screen: _Screen, state: _Rows, rows: np
             bad |= rr[:, None] == samp[None, :]
         sim[bad] = -np.inf
         top = -np.partition(-sim, kk - 1, axis=1)[:, :kk] if kk < sim.shape[1] else sim
-        lo32 = _down32(screen.bound.lower(top.astype(np.float64))).reshape(-1)
+        lo32 = down32(screen.bound.lower(top.astype(np.float64))).reshape(-1)
         c = state.keys.count_ge(np.repeat(rr, top.shape[1]), lo32)
         local = np.repeat(np.arange(rr.shape[0]), top.shape[1])
         hist = state.keys.histogram(local, c, rr.shape[0])
         state.certain_pre[rr] = np.cumsum(hist[:, :-1], axis=1)
 
 
-def _strip_rows(problem: RetrievalProblem, kind: str, chunk_size: int | None) -> int:
+def strip_rows(problem: RetrievalProblem, kind: str, chunk_size: int | None) -> int:
     """Rows per strip: about 256 MB of products and masks; for the symmetric product also at
     most 1/16 of the rows (diagonal blocks are computed whole), but not under 1024 (smaller
     products run far below the BLAS's speed)."""
@@ -64,7 +64,9 @@ def _strip_rows(problem: RetrievalProblem, kind: str, chunk_size: int | None) ->
     return rows
 
 
-def _strips(problem: RetrievalProblem, strip: int, rank: int, world: int) -> list[tuple[int, int]]:
+def process_strips(
+    problem: RetrievalProblem, strip: int, rank: int, world: int
+) -> list[tuple[int, int]]:
     """This process's strips of query rows, dealt out largest first to the least loaded."""
     n, m = problem.query.shape[0], problem.gallery.shape[0]
     strips = [(s, min(s + strip, n)) for s in range(0, n, strip)]
@@ -81,10 +83,10 @@ def _strips(problem: RetrievalProblem, strip: int, rank: int, world: int) -> lis
     return sorted(mine)
 
 
-def _main_pass(
+def main_pass(
     problem: RetrievalProblem,
-    screen: _Screen,
-    state: _Rows,
+    screen: Screen,
+    state: Rows,
     strips: list[tuple[int, int]],
     rel_idx: np.ndarray,
     timings: dict[str, float],
@@ -146,7 +148,7 @@ def _main_pass(
         out_c.append(nc[keep].astype(np.int32))
         out_v.append(nv[keep])
         kept += out_r[-1].shape[0]
-        if kept > _MAX_KEPT:
+        if kept > MAX_KEPT:
             overflow = True  # decided with the other processes (no exception mid-collectives)
             break
         t3 = time.perf_counter()

@@ -18,7 +18,7 @@ in 512 dimensions. Each entry thus has an interval ``[lo, hi]`` that contains ``
 relevant lists are long (``choose_kind``: CUB, Cars) that interval holds a relevant value too
 often; the screen is then a float32 product (numpy's BLAS), bound ``gamma_D n_i n_j + 2**-24``.
 
-``choose_kind`` picks between the two; ``_Screen`` holds the chosen products and compares
+``choose_kind`` picks between the two; ``Screen`` holds the chosen products and compares
 their bits with the thresholds (rounded down, so the comparison only keeps more).
 """
 
@@ -57,7 +57,7 @@ class _Bound:
         return x - 1e-12 * (1 + np.abs(x))
 
 
-def _norm_stats(x: np.ndarray, xh: torch.Tensor | None) -> tuple[np.ndarray, float, float, float]:
+def norm_stats(x: np.ndarray, xh: torch.Tensor | None) -> tuple[np.ndarray, float, float, float]:
     """float64 norms of the rows of ``x``; the largest norm, largest ``|bf16(x) - x|`` and
     largest ``|bf16(x)|`` (``xh``: the bf16 copy, or ``None``: both 0). In cache-sized chunks.
     """
@@ -74,7 +74,7 @@ def _norm_stats(x: np.ndarray, xh: torch.Tensor | None) -> tuple[np.ndarray, flo
     return norms, float(norms.max()), math.sqrt(e_max), math.sqrt(nh_max)
 
 
-def _bound(
+def error_bound(
     d: int, q_stats: tuple[float, float, float], g_stats: tuple[float, float, float], kind: str
 ) -> _Bound:
     """The screen's error bound for ``kind`` (``"bf16"`` or ``"float32"`` products), from the
@@ -103,7 +103,7 @@ def choose_kind(problem: RetrievalProblem) -> str:
 
 
 @dataclass(frozen=True)
-class _Screen:
+class Screen:
     """How entries are screened: bf16 products compared on their int16 bits, or float32
     products (numpy's BLAS) compared on their int32 bits."""
 
@@ -153,7 +153,7 @@ class _Screen:
         others (zero or negative) are flagged for a float comparison.
         """
         pos = np.isfinite(theta) & (theta > 0)
-        t32 = _down32(np.where(pos, theta, 1.0))
+        t32 = down32(np.where(pos, theta, 1.0))
         bits = t32.view(np.int32)
         if self.kind == "bf16":
             bits = bits >> 16  # truncation of a positive number: rounds down
@@ -166,13 +166,13 @@ class _Screen:
         return np.where(key == self.never, np.float32(np.inf), val)
 
 
-def _down32(v: np.ndarray) -> np.ndarray:
+def down32(v: np.ndarray) -> np.ndarray:
     """float32 values of ``v`` rounded down (never above ``v``)."""
     v32 = v.astype(np.float32)
     return np.where(v32.astype(np.float64) > v, np.nextafter(v32, np.float32(-np.inf)), v32)
 
 
-def _up32(v: np.ndarray) -> np.ndarray:
+def up32(v: np.ndarray) -> np.ndarray:
     """float32 values of ``v`` rounded up (never below ``v``)."""
     v32 = v.astype(np.float32)
     return np.where(v32.astype(np.float64) < v, np.nextafter(v32, np.float32(np.inf)), v32)

@@ -1,6 +1,6 @@
 """The finish of the screened metrics (``_screened``): exact recomputation and positions.
 
-**Finish** (``_finish``): from the kept entries, the certain counts, the entries whose
+**Finish** (``finish``): from the kept entries, the certain counts, the entries whose
 interval holds a decisive ``s_q`` (recomputed exactly, ``_exact``), and the positions. An
 entry whose interval lies wholly above or below every decisive ``s_q`` is placed by its bounds
 alone; only the others cost an exact dot product, and exact ties are broken as the stable sort
@@ -15,13 +15,13 @@ import numpy as np
 
 from rankedlist.evaluation._exact import exact_pairs
 from rankedlist.evaluation._inputs import RetrievalProblem
-from rankedlist.evaluation._screen_bound import _down32, _up32
-from rankedlist.evaluation._screen_rows import _prefix, _Rows
+from rankedlist.evaluation._screen_bound import down32, up32
+from rankedlist.evaluation._screen_rows import Rows, prefix
 
 
-def _finish(
+def finish(
     problem: RetrievalProblem,
-    state: _Rows,
+    state: Rows,
     rel_idx: np.ndarray,
     kept: tuple[np.ndarray, np.ndarray, np.ndarray],
     owned: np.ndarray,
@@ -49,7 +49,7 @@ def _finish(
     gr = rows_e.astype(np.int64)  # its query index
     ec = cols_e.astype(np.int64)
     ev = vals_e.astype(np.float64)
-    lo32, hi32 = _down32(bound.lower(ev)), _up32(bound.upper(ev))
+    lo32, hi32 = down32(bound.lower(ev)), up32(bound.upper(ev))
     keys = state.keys
     # The interval [lo, hi] of an entry covers the relevant values s_q, q in [c_hi, c_lo).
     c_lo = keys.count_ge(gr, lo32)
@@ -63,7 +63,7 @@ def _finish(
     # the top R: a prefix, no longer than any process ever used (entries beyond were dropped).
     certain = np.cumsum(keys.histogram(er, c_lo, n_own)[:, :-1], axis=1)
     certain = np.maximum(certain, state.certain_pre[owned])
-    p = np.minimum(_prefix(certain, r), state.p_best[owned])
+    p = np.minimum(prefix(certain, r), state.p_best[owned])
     # Recall needs s_0's exact rank only if the ambiguous entries could move it across a K.
     c1 = np.where(capped[owned], k_max, certain[:, 0])
     amb1 = np.bincount(er[(c_hi == 0) & (c_lo >= 1)], minlength=n_own)

@@ -1,12 +1,12 @@
 """Per-query thresholds of the screen (``_screened``), only ever raised as entries arrive.
 
-**Which ``s_q`` matter** (``_Rows``), known better as the pass goes on: ``r_q`` is out of the
+**Which ``s_q`` matter** (``Rows``), known better as the pass goes on: ``r_q`` is out of the
 top R for good once ``q`` + (entries certainly above ``s_q``, ``lo > s_q``) reaches R; the
 others form a prefix ``r_0 .. r_{p-1}``. ``s_0`` stops mattering for Recall@K once
 ``K_max = max(ks)`` entries are certainly above it. A pre-pass over a sample of 512 columns
 (screened alike, ``_screen_blocks``) starts these counts. The screen keeps an entry of row i
-when ``hi`` reaches the smallest ``s_q`` that still matters; ``_Rows`` holds that value as a
-threshold on the bits of ``S~`` (``_Screen.keys``), so the screen is one integer comparison.
+when ``hi`` reaches the smallest ``s_q`` that still matters; ``Rows`` holds that value as a
+threshold on the bits of ``S~`` (``Screen.keys``), so the screen is one integer comparison.
 
 The counts are taken against the relevant values with ``searchsorted`` on one sorted array of
 (row, value) keys (``_RelKeys``), for whole batches of entries at once.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from rankedlist.evaluation._inputs import RetrievalProblem
-from rankedlist.evaluation._screen_bound import _down32, _Screen
+from rankedlist.evaluation._screen_bound import Screen, down32
 
 
 def _ord_key(v32: np.ndarray) -> np.ndarray:
@@ -59,25 +59,25 @@ class _RelKeys:
         return flat.reshape(n, w1)
 
 
-def _prefix(certain: np.ndarray, r: np.ndarray) -> np.ndarray:
+def prefix(certain: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Per row, the number p of relevant items r_q (stable order) that may be in the top R:
     those with ``q + certain[q] < R`` (a prefix, since both terms grow with q)."""
     q = np.arange(certain.shape[1])[None, :]
     return ((q + certain < r[:, None]) & (q < r[:, None])).sum(1)
 
 
-class _Rows:
+class Rows:
     """Per-query thresholds of the screen, only ever raised as kept entries arrive.
 
     ``certain[i, q]``: entries known to be strictly above the relevant value ``s_q`` (lower
     bound above it), kept as a histogram over ``c = #{q: s_q >= lo}`` and summed on demand.
     Relevant items with ``q + certain[i, q] >= R`` are out of the top R for good; of the
-    others only ``s_(p-1)``, the smallest, matters for the screen (``_prefix``). Recall@K
+    others only ``s_(p-1)``, the smallest, matters for the screen (``prefix``). Recall@K
     needs ``s_0`` until ``certain[i, 0] >= K_max``.
     """
 
     def __init__(
-        self, problem: RetrievalProblem, rel_vals: np.ndarray, screen: _Screen, k_max: int
+        self, problem: RetrievalProblem, rel_vals: np.ndarray, screen: Screen, k_max: int
     ) -> None:
         self.r = problem.num_relevant.astype(np.int64)
         self.rel = rel_vals  # (N, Rmax) float32, descending
@@ -105,7 +105,7 @@ class _Rows:
         if rows.size == 0:
             return
         certain = self.certain(rows)
-        p = np.minimum(_prefix(certain, self.r[rows]), self.p_best[rows])
+        p = np.minimum(prefix(certain, self.r[rows]), self.p_best[rows])
         self.p_best[rows] = p
         rel = self.rel[rows]
         a = np.where(p > 0, rel[np.arange(rows.shape[0]), np.maximum(p - 1, 0)], np.inf)
@@ -116,13 +116,13 @@ class _Rows:
         theta[fin] = self.bound.inv_upper(need[fin])
         key, slow = self.screen.keys(theta)
         self.theta[rows], self.key[rows], self.slow[rows] = theta, key, slow
-        self.thr[rows] = np.where(slow, _down32(theta), self.screen.key_value(key))
+        self.thr[rows] = np.where(slow, down32(theta), self.screen.key_value(key))
 
     def add(self, rows: np.ndarray, vals: np.ndarray) -> None:
         """Take kept entries (screened values) of ``rows`` into the thresholds."""
         if rows.size == 0:
             return
-        lo32 = _down32(self.bound.lower(vals.astype(np.float64)))
+        lo32 = down32(self.bound.lower(vals.astype(np.float64)))
         c = self.keys.count_ge(rows, lo32)
         low = c < self.r[rows]  # above some relevant value: changes a count
         n = self.hist.shape[0]

@@ -41,15 +41,15 @@ from threadpoolctl import threadpool_limits
 from rankedlist.evaluation._exact import exact_batched
 from rankedlist.evaluation._inputs import RetrievalProblem
 from rankedlist.evaluation._screen_blocks import (
-    _MAX_KEPT,
-    _main_pass,
-    _pre_pass,
-    _strip_rows,
-    _strips,
+    MAX_KEPT,
+    main_pass,
+    pre_pass,
+    process_strips,
+    strip_rows,
 )
-from rankedlist.evaluation._screen_bound import _bound, _norm_stats, _Screen, choose_kind
-from rankedlist.evaluation._screen_finish import _finish
-from rankedlist.evaluation._screen_rows import _Rows
+from rankedlist.evaluation._screen_bound import Screen, choose_kind, error_bound, norm_stats
+from rankedlist.evaluation._screen_finish import finish
+from rankedlist.evaluation._screen_rows import Rows
 
 _MAX_REL_ENTRIES = 2**25  # N x max R above which the relevant lists are too big to hold
 
@@ -138,9 +138,9 @@ def owned_rows(
     valid = np.flatnonzero(problem.num_relevant > 0)
     if problem.same_set:
         return valid[(valid.shape[0] * rank) // world : (valid.shape[0] * (rank + 1)) // world]
-    strip = _strip_rows(problem, choose_kind(problem), chunk_size)
+    strip = strip_rows(problem, choose_kind(problem), chunk_size)
     mine = np.zeros(problem.query.shape[0], dtype=bool)
-    for s, e in _strips(problem, strip, rank, world):
+    for s, e in process_strips(problem, strip, rank, world):
         mine[s:e] = True
     return valid[mine[valid]]
 
@@ -154,7 +154,7 @@ def screened_rows(
     kind: str | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(rank, rel)`` of the non-lone queries ``owned`` by this process (see ``_finish``).
+    """``(rank, rel)`` of the non-lone queries ``owned`` by this process (see ``finish``).
 
     ``owned`` must be ``owned_rows(problem, rank, world, chunk_size)``. ``comm`` (``None`` in a
     single process) provides ``rank``, ``world`` and ``all_gather_arrays(list of arrays) ->
@@ -170,22 +170,22 @@ def screened_rows(
     bf16 = kind == "bf16"
     qh = q.to(torch.bfloat16) if bf16 else None
     gh = (qh if same else g.to(torch.bfloat16)) if bf16 else None
-    qn, *q_stats = _norm_stats(q.numpy(), qh)
-    gn, *g_stats = (qn, *q_stats) if same else _norm_stats(g.numpy(), gh)
-    bound = _bound(q.shape[1], tuple(q_stats), tuple(g_stats), kind)
-    screen = _Screen(kind, qh, gh, bound) if bf16 else _Screen(kind, q, g, bound)
+    qn, *q_stats = norm_stats(q.numpy(), qh)
+    gn, *g_stats = (qn, *q_stats) if same else norm_stats(g.numpy(), gh)
+    bound = error_bound(q.shape[1], tuple(q_stats), tuple(g_stats), kind)
+    screen = Screen(kind, qh, gh, bound) if bf16 else Screen(kind, q, g, bound)
     rel_vals, rel_idx = _relevant_lists(problem, qn, gn, comm)
     t1 = time.perf_counter()
-    state = _Rows(problem, rel_vals, screen, max(ks))
+    state = Rows(problem, rel_vals, screen, max(ks))
     rank_id, world = (0, 1) if comm is None else (comm.rank, comm.world)
-    strips = _strips(problem, _strip_rows(problem, kind, chunk_size), rank_id, world)
+    strips = process_strips(problem, strip_rows(problem, kind, chunk_size), rank_id, world)
     valid = problem.num_relevant > 0
     if same:
         # Every process needs every row's threshold (rows are columns of its strips): each
         # screens a share of the rows against the sample and the shares are gathered.
         pre_rows = np.flatnonzero(valid)
         share = (np.arange(pre_rows.shape[0]) * world) // max(pre_rows.shape[0], 1)
-        _pre_pass(problem, screen, state, pre_rows[share == rank_id])
+        pre_pass(problem, screen, state, pre_rows[share == rank_id])
         if comm is not None:
             width = state.certain_pre.shape[1]
             parts = comm.all_gather_arrays([state.certain_pre.reshape(-1)])
@@ -196,19 +196,19 @@ def screened_rows(
         for s, e in strips:
             mine[s:e] = True
         pre_rows = np.flatnonzero(mine & valid)
-        _pre_pass(problem, screen, state, pre_rows)
+        pre_pass(problem, screen, state, pre_rows)
         state.refresh(pre_rows)
     t2 = time.perf_counter()
     timings["relevant lists"] = timings.get("relevant lists", 0.0) + t1 - t0
     timings["pre-pass"] = timings.get("pre-pass", 0.0) + t2 - t1
-    kept, overflow = _main_pass(problem, screen, state, strips, rel_idx, timings)
+    kept, overflow = main_pass(problem, screen, state, strips, rel_idx, timings)
     counts = state.hist[:, 0]  # entries certainly above s_0, over everything screened
     if comm is not None:
         parts = comm.all_gather_arrays([counts, np.array([int(overflow)])])
         counts = np.sum([p[0] for p in parts], axis=0)
         overflow = any(int(p[1][0]) for p in parts)
     if overflow:
-        raise ScreeningUnsuitable(f"more than {_MAX_KEPT} entries to keep (masses of ties?)")
+        raise ScreeningUnsuitable(f"more than {MAX_KEPT} entries to keep (masses of ties?)")
     capped = (counts >= state.k_max) | (state.certain_pre[:, 0] >= state.k_max)
     if comm is not None:
         state.p_best = np.min([p[0] for p in comm.all_gather_arrays([state.p_best])], axis=0)
@@ -221,7 +221,7 @@ def screened_rows(
         keep = own_mask[er]
         kept = (er[keep], ec[keep], ev[keep])
         timings["exchange"] = timings.get("exchange", 0.0) + time.perf_counter() - t3
-    return _finish(problem, state, rel_idx, kept, owned, capped, (qn, gn), ks, timings)
+    return finish(problem, state, rel_idx, kept, owned, capped, (qn, gn), ks, timings)
 
 
 def row_values(rel: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

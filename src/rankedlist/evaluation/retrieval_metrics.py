@@ -61,9 +61,9 @@ from rankedlist.evaluation._ranking import (
     similarities,
     stable_topk,
 )
+from rankedlist.evaluation._screen_bound import choose_kind
 from rankedlist.evaluation._screened import (
     ScreeningUnsuitable,
-    choose_kind,
     owned_rows,
     row_values,
     screened_rows,

@@ -92,7 +92,7 @@ def _real(name: str, value: object) -> float:
     return value
 
 
-def _check_options(
+def check_options(
     margin: object,
     alpha: object,
     Tn: object,
@@ -137,7 +137,7 @@ def _check_options(
     )  # fmt: skip
 
 
-def _check_embeddings(name: str, x: object, normalize: bool) -> torch.Tensor:
+def check_embeddings(name: str, x: object, normalize: bool) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -178,7 +178,7 @@ def _check_labels(name: str, y: object, n: int, what: str, device: torch.device)
     return y.to(device)
 
 
-def _check_indices(name: str, ids: object, n: int, device: torch.device) -> torch.Tensor:
+def check_indices(name: str, ids: object, n: int, device: torch.device) -> torch.Tensor:
     """Dataset indices, one per row: a 1-D integer tensor of ``n`` entries, as long on device."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(
@@ -209,7 +209,7 @@ def _check_self_index(self_index: object, n: int, m: int, device: torch.device) 
     return self_index
 
 
-def _check_ranked_lists(
+def check_ranked_lists(
     x: torch.Tensor,
     labels: object,
     ref_emb: torch.Tensor | None,
@@ -235,7 +235,7 @@ def _check_ranked_lists(
         ref_labels = labels
     else:
         if not memory_gallery:
-            _check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
+            check_embeddings("ref_emb", ref_emb, normalize and not self_ref)
         if ref_emb.device != device:
             raise ValueError(f"ref_emb is on {ref_emb.device} but embeddings on {device}")
         if ref_emb.shape[1] != x.shape[1]:
@@ -260,7 +260,7 @@ def _check_ranked_lists(
     )
 
 
-def _excluded_copies(
+def excluded_copies(
     indices: object, ref_indices: object, lists: RankedLists, n: int, device: torch.device
 ) -> Pairs | None:
     """The (query, reference) pairs of one sample other than the self pairs, or None."""
@@ -268,7 +268,7 @@ def _excluded_copies(
         raise ValueError(
             "ref_indices was given without indices; pass the dataset indices of the queries too"
         )
-    ids = _check_indices("indices", indices, n, device)
+    ids = check_indices("indices", indices, n, device)
     self_ref = lists.reference is None
     if ref_indices is None:
         if not self_ref:
@@ -278,14 +278,14 @@ def _excluded_copies(
             )
         ref_ids = ids
     else:
-        ref_ids = _check_indices("ref_indices", ref_indices, lists.n_reference(n), device)
+        ref_ids = check_indices("ref_indices", ref_indices, lists.n_reference(n), device)
     self_cols = lists.self_cols
     if self_cols is None and self_ref:
         self_cols = torch.arange(n, device=device)
     return copy_pairs(ids, ref_ids, self_cols)
 
 
-def _float_labels(
+def float_labels(
     yq: torch.Tensor, yg: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels as floats of ``dtype`` (comparing floats is the fastest label test).

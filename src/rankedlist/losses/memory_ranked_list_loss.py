@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankedlist.losses._excluded_pairs import copy_pairs
-from rankedlist.losses._inputs import _check_embeddings, _check_indices
+from rankedlist.losses._inputs import check_embeddings, check_indices
 from rankedlist.losses.memory_bank import MemoryBank
 from rankedlist.losses.ranked_list_loss import RankedListLoss
 
@@ -132,7 +132,7 @@ class MemoryRankedListLoss(nn.Module):
                 "a loss with a memory bank needs the dataset index of every sample "
                 "(forward(embeddings, labels, indices)) to exclude older copies of a sample"
             )
-        indices = _check_indices("indices", indices, embeddings.shape[0], device)
+        indices = check_indices("indices", indices, embeddings.shape[0], device)
         if ref_emb is None:
             if ref_labels is not None or ref_indices is not None or self_index is not None:
                 raise ValueError("ref_labels/ref_indices/self_index were given without ref_emb")
@@ -142,10 +142,10 @@ class MemoryRankedListLoss(nn.Module):
             if ref_labels is None:
                 raise ValueError("ref_emb was given without ref_labels; pass both")
             batch, batch_labels = ref_emb, ref_labels
-            batch_ids = _check_indices("ref_indices", ref_indices, ref_emb.shape[0], device)
+            batch_ids = check_indices("ref_indices", ref_indices, ref_emb.shape[0], device)
 
         if ref_emb is not None and self.loss.gradient == "paper":
-            _check_embeddings("ref_emb", batch, self.loss.normalize)  # the gathered rows
+            check_embeddings("ref_emb", batch, self.loss.normalize)  # the gathered rows
         started = self.training and self.memory.started
         earlier = self.memory.size - batch.shape[0]  # rows of earlier batches in the gallery
         if started and earlier < 0:

@@ -32,11 +32,11 @@ from rankedlist.losses._excluded_pairs import Pairs, pairs_in_rows
 from rankedlist.losses._inputs import (
     HyperParameters,
     RankedLists,
-    _check_embeddings,
-    _check_options,
-    _check_ranked_lists,
-    _excluded_copies,
-    _float_labels,
+    check_embeddings,
+    check_options,
+    check_ranked_lists,
+    excluded_copies,
+    float_labels,
 )
 from rankedlist.losses._kernels import (
     PaperRankedList,
@@ -74,19 +74,19 @@ def _ranked_list_loss(
     rows are already checked and normalised as the loss uses them, and most of them are trivial,
     so each chunk of queries is ranked against its candidate columns only.
     """
-    x = _check_embeddings("embeddings", embeddings, hp.normalize)
+    x = check_embeddings("embeddings", embeddings, hp.normalize)
     # Immune to an enclosing autocast: it would run the distance and gradient products in
     # float16/bfloat16, and the boundaries alpha, alpha - m and the weights exp(Tn (alpha - d))
     # need the float32 distances. (Checkpointed chunks recompute under the same, disabled state.)
     with autocast_disabled(x.device):
         ready = memory_gallery and hp.gradient == "paper"
-        lists = _check_ranked_lists(x, labels, ref_emb, ref_labels, self_index, hp.normalize, ready)
+        lists = check_ranked_lists(x, labels, ref_emb, ref_labels, self_index, hp.normalize, ready)
         if indices is not None or ref_indices is not None:
-            excluded = _excluded_copies(indices, ref_indices, lists, x.shape[0], x.device)
+            excluded = excluded_copies(indices, ref_indices, lists, x.shape[0], x.device)
         # float16/bfloat16 are computed in float32 (exp(Tn alpha) alone exceeds float16's
         # range); the cast is part of the graph, so gradients come back in the input dtype.
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        yq, yg = _float_labels(lists.query_labels, lists.reference_labels, dtype)
+        yq, yg = float_labels(lists.query_labels, lists.reference_labels, dtype)
         lists = replace(lists, query_labels=yq, reference_labels=yg, excluded=excluded)
         per_query_losses = _paper_per_query if hp.gradient == "paper" else _autograd_per_query
         per_query, n_pos, n_neg, log_s_pos, log_s_neg = per_query_losses(x.to(dtype), lists, hp)
@@ -182,7 +182,7 @@ def ranked_list_loss(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Functional form of :class:`RankedListLoss`; see the class for every argument."""
-    hp = _check_options(margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size)
+    hp = check_options(margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size)
     loss, _ = _ranked_list_loss(
         embeddings, labels, hp, ref_emb, ref_labels, self_index,
         indices=indices, ref_indices=ref_indices,
@@ -284,7 +284,7 @@ class RankedListLoss(nn.Module):
     def _configure(self, **changes: object) -> None:
         """Validate the options with ``changes`` applied, then store them (none on error)."""
         options = {**self._options, **changes}
-        hp = _check_options(**options)
+        hp = check_options(**options)
         # An alpha given as None stays None, so that it keeps following the margin.
         options.update(margin=hp.margin, Tn=hp.Tn, Tp=hp.Tp, lam=hp.lam)
         if options["alpha"] is not None:

@@ -7,8 +7,9 @@
   :mod:`~rankedlist.retrieval.index_swap`: the swap, its one-writer lock and the recovery after
   a kill), ``add`` without rebuilding.
 * :func:`embed_images` / :func:`list_images`: image files or a dataset -> embeddings.
-* :func:`load_model_from_checkpoint`: a training run's model with its test transform;
-  :func:`open_index_model`: that, or an exported ONNX model run by onnxruntime.
+* :func:`open_index_model`: a training run's model with its test transform (rebuilt by
+  ``rankedlist.training.checkpoint_model.load_model_from_checkpoint``), or an exported ONNX
+  model run by onnxruntime.
 * :func:`build_index`, :func:`build_index_from_checkpoint`, :func:`add_images`,
   :func:`search_images`: folders of images to an index, more images into it, and its answers.
 * :func:`approximate_retrieval_metrics`: Recall@K / R-Precision / MAP@R through an index, to see
@@ -31,15 +32,8 @@ from rankedlist.retrieval.images_to_index import (
 )
 from rankedlist.retrieval.index_models import IndexModel, open_index_model
 from rankedlist.retrieval.search_picture import save_search_picture
-from rankedlist.training.checkpoint_model import (
-    CheckpointModel,
-    load_model_from_checkpoint,
-    resolve_checkpoint,
-    resolve_device,
-)
 
 __all__ = [
-    "CheckpointModel",
     "EmbeddingIndex",
     "IndexModel",
     "Match",
@@ -49,10 +43,7 @@ __all__ = [
     "build_index_from_checkpoint",
     "embed_images",
     "list_images",
-    "load_model_from_checkpoint",
     "open_index_model",
-    "resolve_checkpoint",
-    "resolve_device",
     "save_search_picture",
     "search_images",
 ]

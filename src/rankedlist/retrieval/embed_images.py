@@ -17,7 +17,7 @@ from rankedlist.data import read_rgb
 from rankedlist.data.image_folder import IMG_EXTENSIONS, list_image_files
 from rankedlist.training.checkpoint_model import resolve_device
 
-__all__ = ["embed_images", "list_images", "IMG_EXTENSIONS"]
+__all__ = ["embed_images", "list_images"]
 
 
 def list_images(

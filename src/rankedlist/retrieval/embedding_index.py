@@ -34,7 +34,6 @@ from rankedlist.retrieval.index_files import (
     LABELS_FILE,
     META_FILE,
     check_index_arrays,
-    check_index_destination,
     file_checksums,
     index_not_found,
     read_json,
@@ -56,9 +55,6 @@ from rankedlist.retrieval.index_swap import (
 __all__ = [
     "EmbeddingIndex",
     "Match",
-    "INDEX_FORMAT",
-    "INDEX_FORMAT_VERSION",
-    "check_index_destination",
 ]
 
 # Keys of meta.json that the index itself owns (and rewrites on every save).

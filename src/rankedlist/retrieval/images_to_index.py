@@ -203,7 +203,7 @@ def search_images(
     Args:
         index: an index built with the same model.
         model: a checkpoint path (or run folder), an exported ``.onnx`` file, a
-            :class:`~rankedlist.retrieval.CheckpointModel` or
+            :class:`~rankedlist.training.checkpoint_model.CheckpointModel` or
             :class:`~rankedlist.retrieval.index_models.IndexModel`, or an ``EmbeddingModel``
             (its test transform then uses ``index.meta["image_size"]`` when recorded, else the
             model's ``input_size``).

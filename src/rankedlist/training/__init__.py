@@ -6,7 +6,8 @@ multi-process pieces and the losses by name.
 """
 
 from rankedlist.training.checkpoint import load_checkpoint, save_checkpoint
-from rankedlist.training.config import (
+from rankedlist.training.config import apply_overrides, config_from_dict, load_config, save_config
+from rankedlist.training.config_schema import (
     Config,
     DataConfig,
     LossConfig,
@@ -14,10 +15,6 @@ from rankedlist.training.config import (
     OptimConfig,
     ScheduleConfig,
     TrainConfig,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-    save_config,
 )
 from rankedlist.training.evaluate_checkpoint import evaluate_checkpoint
 from rankedlist.training.health import NonFiniteLossError

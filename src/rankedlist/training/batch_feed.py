@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from rankedlist.training.config import Config
+from rankedlist.training.config_schema import Config
 from rankedlist.training.loader_workers import resolve_num_workers
 
 __all__ = ["EndlessBatches", "SeededSamples", "make_train_loader"]

@@ -21,40 +21,16 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from rankedlist.training.config_schema import (
-    AMP_MODES,
-    MEMORY_LOSSES,
-    OPTIMIZERS,
-    SCHEDULES,
     Config,
-    DataConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    ScheduleConfig,
-    TrainConfig,
 )
-from rankedlist.training.loader_workers import resolve_num_workers
-from rankedlist.training.recipes import shipped_recipe, shipped_recipes_dir
+from rankedlist.training.recipes import shipped_recipe
 
 __all__ = [
-    "AMP_MODES",
-    "MEMORY_LOSSES",
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "Config",
-    "DataConfig",
-    "LossConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "ScheduleConfig",
-    "TrainConfig",
     "apply_overrides",
     "config_from_dict",
     "load_config",
     "parse_overrides",
-    "resolve_num_workers",
     "save_config",
-    "shipped_recipes_dir",
 ]
 
 # --------------------------------------------------------------------------- building

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.amp import autocast
-from rankedlist.training.config import Config
+from rankedlist.training.config_schema import Config
 from rankedlist.training.loader_workers import resolve_num_workers
 
 __all__ = ["FUSED", "QueryThenGallery", "evaluate", "extract_embeddings", "format_metrics_table"]

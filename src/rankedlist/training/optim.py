@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from rankedlist.training.config import OptimConfig, ScheduleConfig
+from rankedlist.training.config_schema import OptimConfig, ScheduleConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 

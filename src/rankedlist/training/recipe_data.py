@@ -11,7 +11,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from rankedlist.atomic_write import atomic_write_text
-from rankedlist.training.config import Config
+from rankedlist.training.config_schema import Config
 
 __all__ = [
     "evaluation_split_names",

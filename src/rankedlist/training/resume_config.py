@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rankedlist.training.config import Config, config_from_dict
+from rankedlist.training.config import config_from_dict
+from rankedlist.training.config_schema import Config
 from rankedlist.training.run_folder import CHANGES_FILE
 
 __all__ = [

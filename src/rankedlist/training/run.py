@@ -23,7 +23,8 @@ from rankedlist.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from rankedlist.training.config import Config, save_config
+from rankedlist.training.config import save_config
+from rankedlist.training.config_schema import Config
 from rankedlist.training.health import NonFiniteLossError
 from rankedlist.training.loss_factory import build_loss
 from rankedlist.training.optim import build_optimizer, build_scheduler

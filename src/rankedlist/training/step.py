@@ -12,7 +12,7 @@ from torch import nn
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.amp import autocast
 from rankedlist.training.checkpoint import EXPLODED
-from rankedlist.training.config import Config
+from rankedlist.training.config_schema import Config
 from rankedlist.training.health import NonFiniteLossError, is_healthy, max_abs
 
 __all__ = ["train_one_step"]

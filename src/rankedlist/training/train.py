@@ -29,12 +29,12 @@ import torch
 from rankedlist.training import distributed as dist_utils
 from rankedlist.training.batch_feed import make_train_loader
 from rankedlist.training.checkpoint import capture_rng_state, restore_rng_state
-from rankedlist.training.config import Config, config_from_dict
+from rankedlist.training.config import config_from_dict
+from rankedlist.training.config_schema import Config
 from rankedlist.training.evaluation_pass import FUSED, evaluate
 from rankedlist.training.final_test import test_and_report
 from rankedlist.training.health import NonFiniteLossError, divergence_message
 from rankedlist.training.run import Run, start_run
-from rankedlist.training.run_folder import RunExistsError
 from rankedlist.training.run_log import RunLog
 from rankedlist.training.signals import (
     RunInterrupted,
@@ -46,12 +46,8 @@ from rankedlist.training.step import train_one_step
 from rankedlist.training.train_result import TrainResult, trained
 
 __all__ = [
-    "NonFiniteLossError",
-    "RunExistsError",
-    "RunInterrupted",
     "ValidationHook",
     "main",
-    "test_and_report",
     "train_loop",
     "validate",
 ]

@@ -31,10 +31,11 @@ from typing import Any
 import yaml
 
 from rankedlist.atomic_write import atomic_write_text
-from rankedlist.training.config import Config, apply_overrides
+from rankedlist.training.config import apply_overrides
+from rankedlist.training.config_schema import Config
 from rankedlist.tune.report import write_report, write_trials_csv
 
-__all__ = ["TESTED_ATTR", "best_config", "finish", "refuse_a_second_test", "write_trials_csv"]
+__all__ = ["TESTED_ATTR", "best_config", "finish", "refuse_a_second_test"]
 
 #: The study attribute that records the final test: {n_trials, trial, metrics, test, how}.
 TESTED_ATTR = "rankedlist_tune_tested"
@@ -191,7 +192,7 @@ def write_best_yaml(setup: Any, best: Any, out: Path) -> Path:
 
 def _final_run(setup: Any, best: Any, out: Path, guard: Any):
     """(status, signal, fused test metrics, how it was obtained)."""
-    from rankedlist.training.train import RunInterrupted
+    from rankedlist.training.signals import RunInterrupted
     from rankedlist.training.train import main as train_main
     from rankedlist.tune.trials import TuneInterrupted
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rankedlist.training.config import Config, TrainConfig, apply_overrides, load_config
+from rankedlist.training.config import apply_overrides, load_config
+from rankedlist.training.config_schema import Config, TrainConfig
 from rankedlist.training.recipes import find_recipe
 from rankedlist.training.resume_config import MACHINE_LOCAL_KEYS
 from rankedlist.tune.space import SearchSpace, held_out_text, load_space
@@ -211,7 +212,8 @@ def tune(options: TuneOptions) -> TuneResult:
         make_pruner(options.pruner, setup.n_trials, eval_every),
         lock,
     )
-    from rankedlist.tune.final import finish, refuse_a_second_test, write_trials_csv
+    from rankedlist.tune.final import finish, refuse_a_second_test
+    from rankedlist.tune.report import write_trials_csv
 
     refuse_a_second_test(study, setup)  # before anything is printed or run
     _say(

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rankedlist.training.config import Config, apply_overrides
+from rankedlist.training.config import apply_overrides
+from rankedlist.training.config_schema import Config
 from rankedlist.tune.space_file import Param, parse_param, read_space_file
 
 __all__ = [
     "SHARED_DIMENSIONS",
-    "Param",
     "SearchSpace",
     "describe_space",
     "held_out_text",

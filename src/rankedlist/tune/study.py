@@ -35,6 +35,7 @@ __all__ = [
     "WORKER",
     "claim_trial",
     "counted_trials",
+    "held",
     "make_pruner",
     "make_sampler",
     "open_study",
@@ -202,7 +203,7 @@ def open_study(
 ) -> Any:
     """Create or join the study; refuse to join one that searches something else."""
     optuna = optuna_module()
-    with _locked(lock):
+    with held(lock):
         study = optuna.create_study(
             study_name=name, storage=storage, direction="maximize", load_if_exists=True,
             sampler=sampler, pruner=pruner,
@@ -230,7 +231,7 @@ def counted_trials(study: Any) -> list[Any]:
 def claim_trial(study: Any, n_trials: int, lock: Any, seed: int) -> Any | None:
     """A new trial (``optuna.Trial``) if the study has fewer than ``n_trials``, else None."""
     optuna = optuna_module()
-    with _locked(lock):
+    with held(lock):
         fail_stale_trials(study)
         if len(counted_trials(study)) >= n_trials:
             return None
@@ -275,7 +276,8 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(lock: Any) -> Iterator[None]:
+def held(lock: Any) -> Iterator[None]:
+    """Hold ``lock`` (an Optuna file lock, or None for a database storage) for the block."""
     if lock is None:
         yield
         return

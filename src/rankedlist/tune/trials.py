@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rankedlist.training.config import Config, apply_overrides
+from rankedlist.training.config import apply_overrides
+from rankedlist.training.config_schema import Config
 from rankedlist.tune.space import SearchSpace, values_to_overrides
 from rankedlist.tune.study import optuna_module
 
