@@ -53,9 +53,9 @@ ALLOWED = {
 
 # The training room, in reading order: each module imports only modules above it.
 TRAINING_ORDER = [
-    "recipes", "loader_workers", "config_schema", "config", "checkpoint", "checkpoint_convert",
-    "health", "distributed",
-    "amp", "optim", "global_batch_loss", "loss_factory", "recipe_data", "batch_feed",
+    "recipes", "loader_workers", "distributed", "global_batch_loss", "loss_factory",
+    "config_schema", "config", "checkpoint", "checkpoint_convert", "health",
+    "amp", "optim", "recipe_data", "batch_feed",
     "run_folder", "resume_config", "run_log", "step", "evaluation_pass", "run", "checkpoint_model",
     "signals",
     "final_test", "train_result", "train", "evaluate_checkpoint",

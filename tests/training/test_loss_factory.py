@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -274,10 +275,18 @@ def test_which_losses_take_the_samples_indices():
         assert loss_fn(x, y, torch.arange(len(y))).isfinite()
 
 
-def test_the_config_refuses_a_memory_for_the_losses_whose_record_refuses_it():
-    """The recipe check (config_schema, above the factory) keeps its own list of the losses that
-    take a memory; it must be the records' one."""
-    from rankedlist.training.config_schema import MEMORY_LOSSES
-    from rankedlist.training.loss_factory import LOSSES
+def test_a_recipe_and_the_factory_refuse_a_memory_by_the_same_records(monkeypatch):
+    """One list (the records' takes_memory) and one check for both paths: a record that stops
+    taking a memory is refused by the recipe check and by build_loss alike."""
+    from rankedlist.training import loss_factory
+    from rankedlist.training.config import config_from_dict
 
-    assert MEMORY_LOSSES == tuple(r.name for r in LOSSES.values() if r.takes_memory)
+    config_from_dict({"loss": {"name": "contrastive", "memory_size": 4096}})  # takes one today
+    record = loss_factory.LOSSES["contrastive"]
+    monkeypatch.setitem(
+        loss_factory.LOSSES, "contrastive", dataclasses.replace(record, takes_memory=False)
+    )
+    with pytest.raises(ValueError, match="'contrastive' cannot rank against a cross-batch"):
+        config_from_dict({"loss": {"name": "contrastive", "memory_size": 4096}})
+    with pytest.raises(ValueError, match="'contrastive' cannot rank against a cross-batch"):
+        loss_factory.build_loss("contrastive", {}, num_classes=4, embedding_dim=8, memory_size=64)

@@ -12,7 +12,6 @@ from typing import Any
 
 __all__ = [
     "AMP_MODES",
-    "MEMORY_LOSSES",
     "OPTIMIZERS",
     "SCHEDULES",
     "Config",
@@ -27,12 +26,6 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
-# Losses that can rank against a cross-batch memory, for refusing a recipe when it is loaded.
-# Each loss's record in rankedlist.training.loss_factory says it (takes_memory), and the factory
-# refuses a memory by that; this module sits above the factory in the training room's import order
-# (tests/test_architecture.py), so it cannot read the records, and test_loss_factory.py checks the
-# two agree.
-MEMORY_LOSSES = ("rll", "contrastive", "multi_similarity")
 
 
 @dataclass
@@ -201,12 +194,10 @@ class Config:
         _check(loss.memory_start >= 0, "loss.memory_start", loss.memory_start, ">= 0 iterations")
         if loss.memory_size == 0:
             return
-        _check(
-            loss.name in MEMORY_LOSSES,
-            "loss.memory_size",
-            loss.memory_size,
-            f"0: loss {loss.name!r} cannot rank against a memory (one of {MEMORY_LOSSES} can)",
-        )
+        # The losses that take a memory are the factory's records: one list, one check.
+        from rankedlist.training.loss_factory import check_takes_memory
+
+        check_takes_memory(loss.name, loss.memory_size)
         _check(
             loss.memory_size >= d.p * d.k,
             "loss.memory_size",

@@ -350,6 +350,19 @@ def _build_miner(
     return _construct(record.name, miner_cls, {**defaults, **miner_kwargs}, what="miner")
 
 
+def check_takes_memory(name: str, memory_size: int) -> None:
+    """Raise ``ValueError`` when loss ``name`` cannot rank against a memory of ``memory_size``
+    rows: the one check of it, for a recipe on loading and for :func:`build_loss`. An unknown
+    name passes (its own error comes from the loss check)."""
+    record = LOSSES.get(name)
+    if memory_size and record is not None and not record.takes_memory:
+        able = [r.name for r in LOSSES.values() if r.takes_memory]
+        raise ValueError(
+            f"loss {name!r} cannot rank against a cross-batch memory (memory_size="
+            f"{memory_size}); use one of {', '.join(able)} or memory_size=0"
+        )
+
+
 def _check_memory(
     record: LossRecord, memory_size: Any, memory_start: Any, embedding_dim: Any
 ) -> None:
@@ -358,12 +371,7 @@ def _check_memory(
             raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
     if not memory_size:
         return
-    if not record.takes_memory:
-        able = [r.name for r in LOSSES.values() if r.takes_memory]
-        raise ValueError(
-            f"loss {record.name!r} cannot rank against a cross-batch memory (memory_size="
-            f"{memory_size}); use one of {', '.join(able)} or memory_size=0"
-        )
+    check_takes_memory(record.name, memory_size)
     if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise ValueError(f"a memory needs a positive int embedding_dim, got {embedding_dim!r}")
 
