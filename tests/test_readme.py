@@ -20,7 +20,7 @@ def _code_blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
-def _commands() -> list[list[str]]:
+def subcommand_parsers() -> list[list[str]]:
     """Every `rankedlist ...` / `torchrun ... -m rankedlist ...` command of the bash blocks."""
     commands = []
     for block in _code_blocks("bash"):
@@ -41,7 +41,7 @@ def test_readme_has_the_two_commands_first():
     assert text.index("make demo") < text.index("## ")
 
 
-@pytest.mark.parametrize("argv", _commands(), ids=" ".join)
+@pytest.mark.parametrize("argv", subcommand_parsers(), ids=" ".join)
 def test_readme_command_parses_and_its_recipe_resolves(argv):
     if argv == ["--version"]:
         with pytest.raises(SystemExit, match="0"):  # argparse prints the version and exits
@@ -54,7 +54,7 @@ def test_readme_command_parses_and_its_recipe_resolves(argv):
 
 
 def test_readme_commands_were_found():
-    assert {"train", "index"} <= {argv[0] for argv in _commands()}
+    assert {"train", "index"} <= {argv[0] for argv in subcommand_parsers()}
     guide = (README.parent / "docs" / "guide.md").read_text(encoding="utf-8")
     for name in ("train", "evaluate", "recipes", "show-config", "index", "tune", "compare"):
         assert f"rankedlist {name}" in guide, name

@@ -13,18 +13,18 @@ import pytest
 
 from rankedlist.cli.main import (
     COMMANDS,
-    _commands,
-    _hoist_overrides,
-    _value_options,
     build_parser,
+    hoist_overrides,
     parse_command_line,
+    subcommand_parsers,
+    value_options,
 )
 
 
 def _all_parsers(parser: argparse.ArgumentParser, prefix: str = "rankedlist"):
     """``(name, parser)`` of the parser and every command (and sub-action) under it."""
     yield prefix, parser
-    for name, sub in _commands(parser).items():
+    for name, sub in subcommand_parsers(parser).items():
         yield from _all_parsers(sub, f"{prefix} {name}")
 
 
@@ -40,7 +40,7 @@ def test_every_option_of_every_command_has_a_help_string():
 
 
 def test_each_command_is_a_module_with_add_parser_and_run():
-    assert list(_commands(build_parser())) == list(COMMANDS)
+    assert list(subcommand_parsers(build_parser())) == list(COMMANDS)
     for name, module in COMMANDS.items():
         assert module.__name__ == f"rankedlist.cli.{name.replace('-', '_')}"
         assert callable(module.add_parser) and callable(module.run)
@@ -62,21 +62,21 @@ def test_the_layers_below_export_no_command_line(package, gone):
 
 
 def test_the_value_options_are_read_from_the_parsers():
-    commands = _commands(build_parser())
-    takes, may_take = _value_options(commands["train"])
+    commands = subcommand_parsers(build_parser())
+    takes, may_take = value_options(commands["train"])
     assert {"--config", "-c", "--stop-after"} <= takes and may_take == {"--resume"}
     assert not {"--overwrite", "--allow-config-change", "-h", "--help"} & takes
-    takes, _ = _value_options(commands["compare"])
+    takes, _ = value_options(commands["compare"])
     assert {"--recipes", "--seeds", "--sampler-seed", "--plan"} <= takes
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "show-config", "tune", "compare"])
 def test_a_word_after_an_option_that_takes_a_value_is_that_value(command):
     parser = build_parser()
-    takes, _ = _value_options(_commands(parser)[command])
+    takes, _ = value_options(subcommand_parsers(parser)[command])
     for option in sorted(takes):
         argv = [command, option, "data.p=1", "optim.lr=2"]
-        assert _hoist_overrides(argv, parser) == [command, "optim.lr=2", option, "data.p=1"]
+        assert hoist_overrides(argv, parser) == [command, "optim.lr=2", option, "data.p=1"]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from rankedlist.data import (
     list_datasets,
     read_rgb,
 )
-from rankedlist.data.image_list_dataset import _missing_files
+from rankedlist.data.image_list_dataset import missing_files
 from rankedlist.data.splits import val_class_mask
 
 
@@ -394,8 +394,8 @@ def test_missing_files_scan_matches_isfile(tmp_path: Path) -> None:
     paths += [str(tmp_path / "no_such_dir" / "x.jpg"), str(tmp_path / "d1")]  # a folder is no file
     expected = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
     assert len(paths) > 2000 and len(expected) > 100
-    assert _missing_files(paths, num_workers=4) == expected
-    assert _missing_files(paths, num_workers=1) == expected
+    assert missing_files(paths, num_workers=4) == expected
+    assert missing_files(paths, num_workers=1) == expected
 
 
 def test_folder_broken_link_reported_at_construction(tmp_path: Path, write_image) -> None:

@@ -264,12 +264,12 @@ def test_a_chunk_without_candidates_gives_zero_loss_and_gradient():
     """Queries whose labels are not in the gallery and that are far from all of it: nothing to
     rank (also with a temperature whose weights need a row shift)."""
     from rankedlist.losses._inputs import HyperParameters
-    from rankedlist.losses.ranked_list_loss import _ranked_list_loss
+    from rankedlist.losses.ranked_list_loss import compute_ranked_list_loss
 
     x = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]], requires_grad=True)
     g = F.normalize(torch.tensor([[-1.0, 0.2, 0.0], [-1.0, -0.1, 0.3], [0.0, -1.0, -1.0]]), dim=1)
     hp = HyperParameters(margin=0.4, alpha=1.2, Tn=60.0, Tp=0.0, lam=1.0)
-    loss, stats = _ranked_list_loss(
+    loss, stats = compute_ranked_list_loss(
         x, torch.tensor([0, 1]), hp, g, torch.tensor([2, 3, 4]), memory_gallery=True
     )
     loss.backward()

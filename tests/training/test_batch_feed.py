@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import default_collate
 
 from rankedlist.data import build_transform, get_dataset
-from rankedlist.training.batch_feed import SeededSamples, _Collate
+from rankedlist.training.batch_feed import CollateBatches, SeededSamples
 
 
 class _ItemsOnly(torch.utils.data.Dataset):
@@ -30,7 +30,7 @@ def _glyphs():
 def test_a_made_batch_equals_its_items_collated():
     data = _glyphs()
     items = [(3, 11), (400, 2**62 + 5), (3, 7), (250, 0)]
-    made = _Collate(None)(SeededSamples(data).__getitems__(items))
+    made = CollateBatches(None)(SeededSamples(data).__getitems__(items))
     reference = default_collate(SeededSamples(_ItemsOnly(data)).__getitems__(items))
     assert len(made) == len(reference) == 4
     for got, want in zip(made, reference, strict=True):
@@ -53,6 +53,6 @@ def test_the_batch_augmentation_sees_the_seeds_of_the_items():
         return images + 1
 
     items = [(5, 123), (6, 456)]
-    images, *_ = _Collate(augment)(SeededSamples(_glyphs()).__getitems__(items))
+    images, *_ = CollateBatches(augment)(SeededSamples(_glyphs()).__getitems__(items))
     assert seen["seeds"] == [123, 456]
     assert torch.equal(images - 1, torch.stack([_glyphs()[5][0], _glyphs()[6][0]]))

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from _tune_helpers import GLYPHS, TINY
 
-from rankedlist.tune.final import TESTED_ATTR, _final_run, refuse_a_second_test
+from rankedlist.tune.final import TESTED_ATTR, final_run, refuse_a_second_test
 from rankedlist.tune.search import TuneOptions, prepare
 
 optuna = pytest.importorskip("optuna")
@@ -65,6 +65,6 @@ def test_the_final_run_never_replaces_a_tested_run_of_another_configuration(tmp_
     (final / "metrics.json").write_text(json.dumps({"test": {"recall@1": 0.5}}))
     (final / "last.pt").write_bytes(b"weights")
     with pytest.raises(ValueError, match="holds a final run tested on the test split already"):
-        _final_run(setup, study.trials[0], out, None)
+        final_run(setup, study.trials[0], out, None)
     assert sorted(p.name for p in final.iterdir()) == ["config.yaml", "last.pt", "metrics.json"]
     assert (final / "last.pt").read_bytes() == b"weights"

@@ -69,7 +69,7 @@ def parse_command_line(
 ) -> argparse.Namespace:
     """Parse as ``rankedlist`` does: ``--key.sub value`` and overrides anywhere are accepted."""
     parser = parser or build_parser()
-    return parser.parse_args(_hoist_overrides(_dashed_to_overrides(list(argv)), parser))
+    return parser.parse_args(hoist_overrides(_dashed_to_overrides(list(argv)), parser))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +113,7 @@ def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+def hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
     """Move every ``key=value`` override right after the command word.
 
     argparse fills a ``nargs="*"`` positional only from one run of positionals, so overrides
@@ -125,11 +125,11 @@ def _hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> li
     nothing is looked up on disk.
     """
     argv = list(argv)
-    commands = {name: p for name, p in _commands(parser).items() if _takes_overrides(p)}
+    commands = {name: p for name, p in subcommand_parsers(parser).items() if _takes_overrides(p)}
     start = next((i for i, a in enumerate(argv) if a in commands), None)
     if start is None:
         return argv
-    takes_value, may_take_value = _value_options(commands[argv[start]])
+    takes_value, may_take_value = value_options(commands[argv[start]])
     head, rest = argv[: start + 1], argv[start + 1 :]
     overrides, others = [], []
     for i, item in enumerate(rest):
@@ -144,7 +144,7 @@ def _hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> li
     return head + overrides + others
 
 
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The command parsers of ``parser``, by name."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -156,7 +156,7 @@ def _takes_overrides(command: argparse.ArgumentParser) -> bool:
     return any(action.dest == "overrides" for action in command._actions)
 
 
-def _value_options(command: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+def value_options(command: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
     """The option strings of ``command`` whose next word is their value, and those whose next
     word may be their value (``nargs="?"``, ``"*"``: ``--resume [PATH]``)."""
     takes, may_take = set(), set()

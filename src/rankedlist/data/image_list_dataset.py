@@ -275,7 +275,7 @@ class ImageListDataset(LabeledImageDataset):
         if skip_corrupt:
             self._drop_unreadable(num_workers)  # drops the missing files too
             return
-        missing = _missing_files(self.paths, num_workers)
+        missing = missing_files(self.paths, num_workers)
         if missing:
             raise MissingImagesError.for_files(
                 name,
@@ -336,7 +336,7 @@ class ImageListDataset(LabeledImageDataset):
 _SCANDIR_MIN = 32  # list a folder once rather than stat each of at least this many files in it
 
 
-def _missing_files(paths: Sequence[str], num_workers: int | None = None) -> list[int]:
+def missing_files(paths: Sequence[str], num_workers: int | None = None) -> list[int]:
     """Indices of the ``paths`` that are not existing files, in order; no file is opened.
 
     Folders holding many of the paths are listed once with ``os.scandir`` (one directory read

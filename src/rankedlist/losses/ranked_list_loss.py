@@ -50,7 +50,7 @@ __all__ = ["RankedListLoss", "ranked_list_loss"]
 PerQuery = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _ranked_list_loss(
+def compute_ranked_list_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     hp: HyperParameters,
@@ -183,7 +183,7 @@ def ranked_list_loss(
 ) -> torch.Tensor:
     """Functional form of :class:`RankedListLoss`; see the class for every argument."""
     hp = check_options(margin, alpha, Tn, Tp, lam, normalize, gradient, reduction, chunk_size)
-    loss, _ = _ranked_list_loss(
+    loss, _ = compute_ranked_list_loss(
         embeddings, labels, hp, ref_emb, ref_labels, self_index,
         indices=indices, ref_indices=ref_indices,
     )  # fmt: skip
@@ -346,7 +346,7 @@ class RankedListLoss(nn.Module):
         most of them trivial for any query; with ``gradient="paper"`` they are not checked or
         normalised again, and each chunk of queries is ranked against its candidate rows only.
         """
-        return _ranked_list_loss(
+        return compute_ranked_list_loss(
             embeddings, labels, self._hp, ref_emb, ref_labels, self_index,
             indices=indices, ref_indices=ref_indices, excluded=excluded,
             memory_gallery=memory_gallery,

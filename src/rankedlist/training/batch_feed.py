@@ -122,7 +122,7 @@ def make_train_loader(
         SeededSamples(dataset),
         batch_sampler=EndlessBatches(sampler, epoch, start, config.train.seed, rank),
         num_workers=workers,
-        collate_fn=_Collate(augment),
+        collate_fn=CollateBatches(augment),
         pin_memory=torch.device(device).type == "cuda",  # page-locked only for a GPU copy
         # Workers live as long as the loader (one per run): no restart cost, and two batches
         # each in flight ahead of the step.
@@ -137,7 +137,7 @@ class _Collated(tuple):
     """``(images, labels, indices, seeds)`` that a dataset made as a batch: collated already."""
 
 
-class _Collate:
+class CollateBatches:
     """Collate ``(image, label, index, seed)`` items (or pass a :class:`_Collated` batch on),
     then augment the image batch by its seeds when there is a batch augmentation.
 

@@ -116,7 +116,7 @@ def finish(study: Any, setup: Any, result: Any, guard: Any = None) -> Any:
                 "configuration once more and evaluate the test split once."
             )
         else:
-            status, signum, test, how = _final_run(setup, best, out, guard)
+            status, signum, test, how = final_run(setup, best, out, guard)
             if status != "done":
                 result.status, result.signal = status, signum
                 _say(
@@ -190,7 +190,7 @@ def write_best_yaml(setup: Any, best: Any, out: Path) -> Path:
     return atomic_write_text(out / "best.yaml", text)
 
 
-def _final_run(setup: Any, best: Any, out: Path, guard: Any):
+def final_run(setup: Any, best: Any, out: Path, guard: Any):
     """(status, signal, fused test metrics, how it was obtained)."""
     from rankedlist.training.signals import RunInterrupted
     from rankedlist.training.train import main as train_main
