@@ -10,6 +10,7 @@ pyproject.toml).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +74,22 @@ class TinyRun:
         from rankedlist.cli.main import main
 
         return main(train_argv(run_dir, *args))
+
+
+def register_split_recorder(name: str, log_variable: str) -> None:
+    """Register dataset ``name``: the glyphs, appending each split it opens to the file named by
+    the environment variable ``log_variable`` (so a test sees which splits a child process read).
+    Once per process."""
+    from rankedlist.data import get_dataset, list_datasets, register_dataset
+
+    if name in list_datasets():
+        return
+
+    def factory(root, split="train", transform=None, **options):
+        log = os.environ.get(log_variable)
+        if log:
+            with open(log, "a") as fh:
+                fh.write(split + "\n")
+        return get_dataset("glyphs", root, split=split, transform=transform, **options)
+
+    register_dataset(name, factory)

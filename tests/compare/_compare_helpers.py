@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _tiny_run import TINY_LOGGING, TINY_MODEL
+from _tiny_run import TINY_LOGGING, TINY_MODEL, register_split_recorder
 
 REPO = Path(__file__).resolve().parents[2]
 SPLITS_LOG = "RANKEDLIST_COMPARE_SPLITS"
@@ -27,19 +27,7 @@ TINY = ["data.options={characters: ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456
 
 def register_recorded_glyphs() -> None:
     """Register ``glyphs_splits`` once per process."""
-    from rankedlist.data import get_dataset, list_datasets, register_dataset
-
-    if RECORDED in list_datasets():
-        return
-
-    def factory(root, split="train", transform=None, **options):
-        log = os.environ.get(SPLITS_LOG)
-        if log:
-            with open(log, "a") as fh:
-                fh.write(split + "\n")
-        return get_dataset("glyphs", root, split=split, transform=transform, **options)
-
-    register_dataset(RECORDED, factory)
+    register_split_recorder(RECORDED, SPLITS_LOG)
 
 
 def run_cli(argv: list[str]) -> int:

@@ -7,10 +7,9 @@ Every trial is a few iterations of a narrow GlyphNet on 32 px glyphs (seconds, n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from _tiny_run import QUIET, TINY_LOGGING, TINY_MODEL
+from _tiny_run import QUIET, TINY_LOGGING, TINY_MODEL, register_split_recorder
 
 REPO = Path(__file__).resolve().parents[2]
 GLYPHS = str(REPO / "configs" / "glyphs.yaml")
@@ -22,19 +21,7 @@ TINY = ["data.options={characters: ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456
 
 def register_recorded_glyphs() -> None:
     """Register ``glyphs_recorded`` once per process."""
-    from rankedlist.data import get_dataset, list_datasets, register_dataset
-
-    if "glyphs_recorded" in list_datasets():
-        return
-
-    def factory(root, split="train", transform=None, **options):
-        log = os.environ.get(SPLITS_LOG)
-        if log:
-            with open(log, "a") as fh:
-                fh.write(split + "\n")
-        return get_dataset("glyphs", root, split=split, transform=transform, **options)
-
-    register_dataset("glyphs_recorded", factory)
+    register_split_recorder("glyphs_recorded", SPLITS_LOG)
 
 
 def run_cli(argv: list[str]) -> int:
