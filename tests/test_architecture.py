@@ -42,9 +42,13 @@ ALLOWED = {
         "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "losses",
         "evaluation", "report", "training", "tune",
     },
+    "serve": {
+        "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "evaluation",
+        "training", "export", "retrieval",
+    },
     "cli": {
         "(root)", "atomic_write", "folder_lock", "extras", "data", "models", "losses",
-        "evaluation", "report", "training", "export", "retrieval", "tune", "compare",
+        "evaluation", "report", "training", "export", "retrieval", "tune", "compare", "serve",
     },
     "atomic_write": set(),
     "folder_lock": set(),
