@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rankedlist"
 # __version__); atomic_write, folder_lock and extras are the shared top-level modules.
 ALLOWED = {
     "data": set(),
-    "models": set(),
+    "models": {"extras"},  # optional weight packages (the pretrained extra)
     "losses": set(),
     "evaluation": set(),
     "report": {"(root)", "atomic_write", "evaluation"},

@@ -138,7 +138,9 @@ def test_a_model_that_outputs_nan_fails_the_check_and_writes_nothing(
     assert list(out.parent.iterdir()) == []  # no file, no sidecar, no temporary file
 
 
-@pytest.mark.parametrize(("fmt", "rows"), [("onnx", "one"), ("torchscript", "all")])
+@pytest.mark.parametrize(
+    ("fmt", "rows"), [("onnx", "one"), ("torchscript", "all"), ("exported-program", "one")]
+)
 def test_an_exported_file_that_outputs_nan_fails_the_check_and_writes_nothing(
     setup, tmp_path, capsys, monkeypatch, fmt, rows
 ):
@@ -153,7 +155,7 @@ def test_an_exported_file_that_outputs_nan_fails_the_check_and_writes_nothing(
         return got
 
     monkeypatch.setattr(module, "run_exported", broken_runtime)
-    out = tmp_path / "exports" / ("m.onnx" if fmt == "onnx" else "m.pt")
+    out = tmp_path / "exports" / {"onnx": "m.onnx", "torchscript": "m.pt"}.get(fmt, "m.pt2")
     line = error_line(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out)])
     count = "1 of 4" if rows == "one" else "4 of 4"
     assert f"the exported {fmt} model gives non-finite embeddings (NaN or inf) for {count}" in line

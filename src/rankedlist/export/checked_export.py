@@ -23,6 +23,7 @@ import torch
 from rankedlist.export.exporters import (
     FORMATS,
     ONNX_OPSET,
+    export_exported_program,
     export_onnx,
     export_torchscript,
     random_inputs,
@@ -42,7 +43,20 @@ __all__ = [
 #: The exported file must match PyTorch's ``model.embed`` to these, row by row.
 PARITY_MIN_COSINE = 0.9999
 PARITY_MAX_ABS_DIFF = 1e-4
-_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
+_SUFFIXES = {
+    ".onnx": "onnx",
+    ".pt2": "exported-program",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".pth": "torchscript",
+}
+_EXPORTERS = {"exported-program": export_exported_program, "torchscript": export_torchscript}
+#: What loads each format back for the parity check (as a user's program would).
+_RUNTIMES = {
+    "onnx": "onnxruntime (CPU)",
+    "exported-program": "torch.export.load (CPU)",
+    "torchscript": "torch.jit.load (CPU)",
+}
 
 
 @dataclass
@@ -58,12 +72,13 @@ class ExportResult:
 
 
 def format_from_path(path: str | os.PathLike) -> str:
-    """``onnx`` for ``.onnx``, ``torchscript`` for ``.pt`` / ``.ts`` / ``.pth``."""
+    """``onnx`` for ``.onnx``, ``exported-program`` for ``.pt2``, ``torchscript`` for ``.pt`` /
+    ``.ts`` / ``.pth``."""
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
         raise ValueError(
-            f"cannot tell the export format from {path}: pass --format onnx or --format "
-            "torchscript (or name the file .onnx, .pt or .ts)"
+            f"cannot tell the export format from {path}: pass --format onnx, exported-program "
+            "or torchscript (or name the file .onnx, .pt2 or .ts)"
         )
     return _SUFFIXES[suffix]
 
@@ -120,7 +135,8 @@ def export_checkpoint(
     Args:
         checkpoint: a ``.pt`` file or a run folder.
         out: the file to write (replaced); its contract also goes to ``out.json``.
-        fmt: ``"onnx"`` or ``"torchscript"``; ``None`` reads it from ``out``'s suffix.
+        fmt: ``"onnx"``, ``"exported-program"`` (``torch.export``, ``.pt2``) or
+            ``"torchscript"``; ``None`` reads it from ``out``'s suffix.
         opset: the ONNX opset (default :data:`ONNX_OPSET`).
         check: compare the file with PyTorch before writing it (:data:`PARITY_MIN_COSINE`,
             :data:`PARITY_MAX_ABS_DIFF`); a failure raises ValueError and leaves ``out`` as it
@@ -128,13 +144,16 @@ def export_checkpoint(
     """
     from rankedlist import __version__
     from rankedlist.atomic_write import atomic_write_text, current_umask, fsync_dir
+    from rankedlist.models.fingerprint import model_fingerprint
     from rankedlist.training.checkpoint_model import load_model_from_checkpoint
 
     out = Path(out)
     _check_out(out)
     fmt = format_from_path(out) if fmt is None else fmt
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}: choose onnx or torchscript")
+        raise ValueError(
+            f"unknown export format {fmt!r}: choose onnx, exported-program or torchscript"
+        )
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 7:
         raise ValueError(f"--opset must be an ONNX opset number such as 18, got {opset!r}")
     loaded = load_model_from_checkpoint(checkpoint, device="cpu")
@@ -151,6 +170,8 @@ def export_checkpoint(
         "iteration": loaded.iteration,
         "spec": dict(getattr(model, "spec", {})),
         "heads": list(getattr(model, "head_names", ())),
+        # The weights' fingerprint: an index built with the file refuses another model's.
+        "fingerprint": model_fingerprint(model),
     }
     contract["export"] = {
         "format": fmt,
@@ -166,7 +187,7 @@ def export_checkpoint(
         if fmt == "onnx":
             exporter = export_onnx(model, tmp, contract, opset)
         else:
-            exporter = export_torchscript(model, tmp, contract)
+            exporter = _EXPORTERS[fmt](model, tmp, contract)
         contract["export"]["exporter"] = exporter
         checked: dict[str, Any] = {}
         if check:
@@ -195,7 +216,7 @@ def _check_parity(
         "images": batched["images"],
         "min_cosine": min(batched["min_cosine"], single["min_cosine"]),
         "max_abs_diff": max(batched["max_abs_diff"], single["max_abs_diff"]),
-        "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load (CPU)",
+        "runtime": _RUNTIMES[fmt],
     }
     images = f"{batched['images']} random test images"
     if batched["nonfinite_reference"] or single["nonfinite_reference"]:

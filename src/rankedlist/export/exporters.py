@@ -1,24 +1,31 @@
-"""A trained embedding model -> an ONNX or TorchScript file, with its input contract inside.
+"""A trained embedding model -> an ONNX, TorchScript or ``torch.export`` file, its input
+contract and its model fingerprint inside.
 
 What is exported is ``model.embed``: the backbone, every head, the fusion (concatenation in
 ``head_names`` order) and the L2 normalisation, the embedding the run's test numbers were
 measured on. The batch dimension is dynamic; height and width are the contract's input size.
 
-ONNX: opset :data:`ONNX_OPSET` (18), through PyTorch's ``torch.export``-based exporter (the
-supported one; it emits opset 18 or newer), falling back to the TorchScript-based exporter when
-a model cannot be captured by ``torch.export``. Opset 18 is the oldest the supported exporter
-writes, so the file runs on the widest range of runtimes (onnxruntime >= 1.14, TensorRT,
-OpenVINO); nothing these models use needs a newer one. The contract is stored in
-``metadata_props`` under :data:`~rankedlist.export.input_contract.METADATA_KEY`, and the
-fingerprint of the exported weights under
-:data:`~rankedlist.models.fingerprint.ONNX_METADATA_KEY` (the checkpoint's own fingerprint, so an
-index built with either refuses a query embedded by another model).
+ONNX: opset :data:`ONNX_OPSET` (18), through ``torch.onnx.export(..., dynamo=True)``, the
+``torch.export``-based exporter PyTorch recommends (``dynamo=True`` is the default), falling
+back to the TorchScript-based exporter when a model cannot be captured by ``torch.export``.
+Opset 18 is the oldest the recommended exporter writes, so the file runs on the widest range of
+runtimes (onnxruntime >= 1.14, TensorRT, OpenVINO); nothing these models use needs a newer one.
+The contract is stored in ``metadata_props`` under
+:data:`~rankedlist.export.input_contract.METADATA_KEY`, and the fingerprint of the exported
+weights under :data:`~rankedlist.models.fingerprint.ONNX_METADATA_KEY` (the checkpoint's own
+fingerprint, so an index built with either refuses a query embedded by another model).
+
+Exported program (``.pt2``): ``torch.export.export`` of ``embed`` with a dynamic batch
+dimension (``torch.export.Dim``), written by ``torch.export.save`` and read back by
+``torch.export.load`` (:mod:`rankedlist.export.exported_program`): the format PyTorch
+recommends in place of TorchScript, which it has deprecated.
 
 TorchScript: ``torch.jit.trace`` of ``embed`` (a trace records these models exactly: their
-control flow depends only on the fixed input size), the contract as the extra file
-:data:`TORCHSCRIPT_CONTRACT_FILE`.
+control flow depends only on the fixed input size), kept while PyTorch ships it.
 
-Both also get the contract as a JSON sidecar, ``FILE.json``.
+The ``.pt2`` and TorchScript files carry the contract and the fingerprint as the extra files
+:data:`CONTRACT_EXTRA_FILE` and :data:`FINGERPRINT_EXTRA_FILE`. Every format also gets the
+contract, the fingerprint in its ``model`` section, as a JSON sidecar, ``FILE.json``.
 """
 
 from __future__ import annotations
@@ -37,19 +44,27 @@ from torch import nn
 from rankedlist.export.input_contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 
 __all__ = [
+    "CONTRACT_EXTRA_FILE",
+    "FINGERPRINT_EXTRA_FILE",
     "FORMATS",
+    "ONNX_EXPORTER",
     "ONNX_OPSET",
-    "TORCHSCRIPT_CONTRACT_FILE",
     "EmbedOnly",
+    "export_exported_program",
     "export_onnx",
     "export_torchscript",
     "random_inputs",
     "run_exported",
 ]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "exported-program", "torchscript")
 ONNX_OPSET = 18
-TORCHSCRIPT_CONTRACT_FILE = "rankedlist_input_contract.json"
+#: What ``export --help`` names: the ONNX exporter used, the one PyTorch recommends.
+ONNX_EXPORTER = "torch.onnx.export(dynamo=True), the torch.export-based exporter"
+#: The extra files of a ``.pt2`` or TorchScript export: the input contract (JSON) and the
+#: fingerprint of the exported weights (16 hex digits, rankedlist.models.fingerprint).
+CONTRACT_EXTRA_FILE = "rankedlist_input_contract.json"
+FINGERPRINT_EXTRA_FILE = "rankedlist_model_fingerprint"
 SUMMARY_KEY = "rankedlist.summary"  # one line for model viewers (Netron shows metadata_props)
 
 
@@ -117,13 +132,13 @@ def export_onnx(
         ValueError: neither exporter can export the model (the message has both reasons).
     """
     from rankedlist.extras import require
-    from rankedlist.models.fingerprint import ONNX_METADATA_KEY, model_fingerprint
+    from rankedlist.models.fingerprint import ONNX_METADATA_KEY
 
     onnx = require("onnx", "export", "ONNX export")
     require("onnxscript", "export", "ONNX export")
     # The weights' fingerprint, taken before export touches the model: an index built with the
     # ONNX file then knows it for the checkpoint's model (rankedlist.models.fingerprint).
-    fingerprint = model_fingerprint(model)
+    fingerprint = _fingerprint(model, contract)
     wrapper = EmbedOnly(model)
     example = _example(contract)
     proto = None
@@ -161,7 +176,7 @@ def export_onnx(
                     f"TorchScript exporter: {_first_line(second)}); try --format torchscript"
                 ) from second
             proto = onnx.load_from_string(buffer.getvalue())
-    contract = {**contract, "export": {**contract.get("export", {}), "exporter": exporter}}
+    contract = _with_exporter(contract, exporter)
     ours = {
         METADATA_KEY: json.dumps(contract),
         SUMMARY_KEY: _summary(contract),
@@ -186,35 +201,87 @@ def _summary(contract: dict[str, Any]) -> str:
     )
 
 
+def _fingerprint(model: nn.Module, contract: dict[str, Any]) -> str:
+    """The weights' fingerprint the contract records (``export_checkpoint`` takes it before
+    anything touches the model), else the model's own."""
+    from rankedlist.models.fingerprint import model_fingerprint
+
+    recorded = (contract.get("model") or {}).get("fingerprint")
+    return recorded if isinstance(recorded, str) and recorded else model_fingerprint(model)
+
+
+def _with_exporter(contract: dict[str, Any], exporter: str) -> dict[str, Any]:
+    return {**contract, "export": {**contract.get("export", {}), "exporter": exporter}}
+
+
 def export_torchscript(model: nn.Module, path: str | Path, contract: dict[str, Any]) -> str:
-    """Write a ``torch.jit.trace`` of ``model.embed`` to ``path``, the contract as an extra
-    file. Returns ``"torch.jit.trace"``."""
+    """Write a ``torch.jit.trace`` of ``model.embed`` to ``path``, the contract and the
+    fingerprint as extra files. Returns ``"torch.jit.trace"``."""
+    fingerprint = _fingerprint(model, contract)
     example = _example(contract)
     with _quiet_eval(model):
         try:
             traced = torch.jit.trace(EmbedOnly(model), (example,), check_trace=False)
         except Exception as err:  # noqa: BLE001 - tracing failures have many types
             raise ValueError(
-                f"the model cannot be traced to TorchScript ({_first_line(err)}); try --format onnx"
+                f"the model cannot be traced to TorchScript ({_first_line(err)}); try --format "
+                "exported-program or --format onnx"
             ) from err
-        contract = {
-            **contract,
-            "export": {**contract.get("export", {}), "exporter": "torch.jit.trace"},
+        extra = {
+            CONTRACT_EXTRA_FILE: json.dumps(_with_exporter(contract, "torch.jit.trace")),
+            FINGERPRINT_EXTRA_FILE: fingerprint,
         }
-        extra = {TORCHSCRIPT_CONTRACT_FILE: json.dumps(contract)}
         torch.jit.save(traced, str(path), _extra_files=extra)
     return "torch.jit.trace"
 
 
+def export_exported_program(model: nn.Module, path: str | Path, contract: dict[str, Any]) -> str:
+    """Write ``torch.export.export`` of ``model.embed``, its batch dimension dynamic, to
+    ``path`` with ``torch.export.save``, the contract and the fingerprint as extra files.
+    Returns ``"torch.export"``.
+
+    Raises:
+        ValueError: ``torch.export`` cannot capture the model (the message has the reason).
+    """
+    fingerprint = _fingerprint(model, contract)
+    example = _example(contract)
+    with _quiet_eval(model):
+        try:
+            program = torch.export.export(
+                EmbedOnly(model),
+                (example,),
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+            )
+        except Exception as err:  # noqa: BLE001 - capture failures have many types
+            raise ValueError(
+                f"torch.export cannot capture the model ({_first_line(err)}); try --format onnx "
+                "or --format torchscript"
+            ) from err
+        extra = {
+            CONTRACT_EXTRA_FILE: json.dumps(_with_exporter(contract, "torch.export")),
+            FINGERPRINT_EXTRA_FILE: fingerprint,
+        }
+        # Through an open file: the archive's root folder is then "archive", not the name of
+        # the temporary file it is written to.
+        with open(path, "wb") as fh:
+            torch.export.save(program, fh, extra_files=extra)
+    return "torch.export"
+
+
 def run_exported(path: str | Path, fmt: str, inputs: np.ndarray) -> np.ndarray:
-    """Embeddings of ``inputs`` (N, 3, H, W) by the exported file: onnxruntime on the CPU for
-    ONNX, ``torch.jit.load`` for TorchScript."""
+    """Embeddings of ``inputs`` (N, 3, H, W) by the exported file, loaded as a user's file is:
+    onnxruntime on the CPU for ONNX, :func:`~rankedlist.export.exported_program.
+    load_exported_program` for ``.pt2``, ``torch.jit.load`` for TorchScript."""
     if fmt == "onnx":
         from rankedlist.extras import require
 
         ort = require("onnxruntime", "export", "ONNX parity checks")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    if fmt == "exported-program":
+        from rankedlist.export.exported_program import load_exported_program
+
+        return load_exported_program(path).embed(inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(str(path), map_location="cpu")

@@ -1,10 +1,11 @@
-"""The model that embeds images for an index: a run's checkpoint (PyTorch) or an exported ONNX
-file (onnxruntime), each with the test-time transform the model expects.
+"""The model that embeds images for an index: a run's checkpoint (PyTorch) or an exported file
+(ONNX with onnxruntime, a ``torch.export`` ``.pt2``, TorchScript), each with the test-time
+transform the model expects.
 
 :func:`open_index_model` opens either; :func:`model_for_index` picks the one to embed queries or
 new images of an existing index with: the one given, else the one the index records (its
 ``meta["checkpoint"]`` or ``meta["model_file"]``). An index records the fingerprint of its
-model's weights (:mod:`rankedlist.models.fingerprint`; an ONNX export carries its checkpoint's):
+model's weights (:mod:`rankedlist.models.fingerprint`; an export carries its checkpoint's):
 a model with other weights (another training run of the same architecture, a checkpoint file
 overwritten since) is refused with one line, since its similarities to the index's embeddings
 would mean nothing, unless ``allow_other_model`` (``--allow-other-model``) forces it, with a
@@ -27,9 +28,10 @@ __all__ = ["IndexModel", "check_index_model", "model_for_index", "open_index_mod
 class IndexModel:
     """A model ready to embed images for an index.
 
-    ``model`` has ``embed`` (an ``EmbeddingModel`` or an ``OnnxEmbeddingModel``), ``transform``
-    is its test-time transform, ``meta`` what an index built with it records about it, and
-    ``option`` / ``source`` the command-line option and path that name it.
+    ``model`` has ``embed`` (an ``EmbeddingModel``, ``OnnxEmbeddingModel`` or
+    ``TorchEmbeddingModel``), ``transform`` is its test-time transform, ``meta`` what an index
+    built with it records about it, and ``option`` / ``source`` the command-line option and
+    path that name it.
     """
 
     model: Any
@@ -47,15 +49,23 @@ def open_index_model(
     model_file: str | os.PathLike | None = None,
     device: str = "auto",
 ) -> IndexModel:
-    """Open a run's checkpoint (``.pt`` or run folder) or an exported ``.onnx`` file.
+    """Open a run's checkpoint (``.pt`` or run folder) or an exported model file.
 
-    Exactly one of ``checkpoint`` and ``model_file`` is given. An ONNX file runs on the CPU
-    with onnxruntime (the ``export`` extra) and is prepared by its input contract's transform.
+    Exactly one of ``checkpoint`` and ``model_file`` is given; an exported file passed as
+    ``checkpoint`` is opened as one. The one entry point for a model of any format
+    (:func:`rankedlist.export.model_files.open_model_file`): ``.onnx`` runs on the CPU with
+    onnxruntime (the ``export`` extra), ``.pt2`` with ``torch.export.load`` and ``.ts`` (or a
+    TorchScript ``.pt``) with ``torch.jit.load``, on ``device`` when an index embeds with it;
+    each is prepared by its input contract's transform and carries the fingerprint of the
+    checkpoint it was exported from.
     """
     from rankedlist.data import build_transform
+    from rankedlist.export.model_files import is_exported_model_file
 
     if (checkpoint is None) == (model_file is None):
-        raise ValueError("pass either a checkpoint (--checkpoint) or an ONNX file (--model)")
+        raise ValueError("pass either a checkpoint (--checkpoint) or an exported model (--model)")
+    if checkpoint is not None and is_exported_model_file(checkpoint):
+        checkpoint, model_file = None, checkpoint  # an export passed where a run may be
     if checkpoint is not None:
         from rankedlist.models.fingerprint import model_fingerprint
         from rankedlist.training.checkpoint_model import load_model_from_checkpoint
@@ -78,20 +88,15 @@ def open_index_model(
             "--checkpoint",
             meta,
         )
-    from rankedlist.export.onnx_model import load_onnx_model
+    from rankedlist.export.model_files import open_model_file
 
     path = Path(model_file)
-    if path.suffix.lower() in (".pt", ".pth") or path.is_dir():
-        hint = "pass a run folder or its .pt file with --checkpoint"
-        raise ValueError(
-            f"--model takes an exported .onnx file; {path} looks like a checkpoint: {hint}"
-        )
-    onnx_model = load_onnx_model(path)
-    contract = onnx_model.contract
+    exported = open_model_file(path)
+    contract = exported.contract
     size = int(contract["image_size"])
     meta = {
         "model_file": str(path.resolve()),
-        "model_fingerprint": onnx_model.fingerprint,
+        "model_fingerprint": exported.fingerprint,
         "input_style": contract["transform_style"],
         "image_size": size,
         "input_contract": contract,
@@ -100,7 +105,7 @@ def open_index_model(
     if exported_from:
         meta["exported_from"] = exported_from
     transform = build_transform(contract["transform_style"], False, size)
-    return IndexModel(onnx_model, transform, size, path, "--model", meta)
+    return IndexModel(exported, transform, size, path, "--model", meta)
 
 
 def model_for_index(
