@@ -81,3 +81,29 @@ def make_config(dataset: str, model: str = "bninception", multi_level: bool = Fa
         "schedule": {"name": "multistep", "milestones": [20], "gamma": 0.1},
         "train": {"iterations": 40, "seed": 0, "run_dir": "runs/x"},
     }
+
+
+def brute_force_queries(
+    x: np.ndarray, y: np.ndarray, query_count: int | None = None
+) -> dict[int, tuple[float, int, int, list[int]]]:
+    """Per query row with a relevant item, by a stable sort of float64 cosines (ties by row):
+    (AP@R, first-correct rank, nearest gallery row, the ranked gallery rows)."""
+    n = len(y)
+    q_rows = range(n) if query_count is None else range(query_count)
+    g_rows = np.arange(n) if query_count is None else np.arange(query_count, n)
+    sims = x.astype(np.float64) @ x.astype(np.float64).T
+    out = {}
+    for q in q_rows:
+        cols = [g for g in g_rows if g != q]
+        ranked = sorted(cols, key=lambda g: (-sims[q, g], g))
+        rel = [y[g] == y[q] for g in ranked]
+        r = sum(rel)
+        if r == 0:
+            continue
+        hits, ap = 0, 0.0
+        for pos in range(r):
+            if rel[pos]:
+                hits += 1
+                ap += hits / (pos + 1)
+        out[q] = (ap / r, rel.index(True), ranked[0], ranked)
+    return out

@@ -58,7 +58,7 @@ def _run(tmp_path, protocol, ks, *, multi=False, dataset=True, query_count=None,
 
 def test_cub_multi_level_report(tmp_path):
     files, metrics = _run(tmp_path, "cub200", (1, 2, 4, 8), multi=True)
-    assert set(files) == {"metrics", "report", *PICTURES}
+    assert set(files) == {"metrics", "report", "html", *PICTURES}
     for key, path in files.items():
         assert path.parent == tmp_path and path.stat().st_size > 0, key
     for key in PICTURES:
@@ -152,7 +152,7 @@ def test_without_dataset_skips_the_grid(tmp_path):
 
 def test_inshop_query_count(tmp_path):
     files, _ = _run(tmp_path, "inshop", (1, 10, 20, 30, 40, 50), query_count=12)
-    assert set(files) == {"metrics", "report", *PICTURES}
+    assert set(files) == {"metrics", "report", "html", *PICTURES}
     text = files["report"].read_text()
     assert "12 queries searched against a gallery of 18 images" in text
     assert "| RLL-(L,M,H), released 2020 code (384-d fused) | 89.9 |" in text
@@ -267,7 +267,7 @@ def _fill_disk_while_writing(monkeypatch, name: str, room: int = 64) -> None:
     monkeypatch.setattr(atomic_write_module._TemporaryFile, "_write", write)
 
 
-@pytest.mark.parametrize("name", ["metrics.json", "recall_at_k.png", "report.md"])
+@pytest.mark.parametrize("name", ["metrics.json", "recall_at_k.png", "report.md", "report.html"])
 def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, name):
     """A rerun that fills the disk while writing ``name`` fails with ENOSPC and leaves the previous
     ``name`` whole: every report file is written to a temporary file, then renamed."""

@@ -27,6 +27,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
     evaluate.add_argument(
+        "--report",
+        metavar="FILE",
+        help="where to write the split's report.html (hardest queries, confused classes, "
+        "per-class results; default evaluate-CHECKPOINT-SPLIT.html beside the checkpoint, e.g. "
+        "runs/demo/evaluate-last-test.html)",
+    )
+    evaluate.add_argument(
+        "--no-report", action="store_true", help="write no report.html, print the metrics only"
+    )
+    evaluate.add_argument(
         "--index-method",
         choices=("exact", "ivf", "hnsw", "auto"),
         help="also score the fused embedding through this retrieval index (what an approximate "
@@ -43,25 +53,58 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rankedlist evaluate``: print the metrics table (and write ``--output``)."""
-    from rankedlist.training.evaluate_checkpoint import evaluate_checkpoint
+    from rankedlist.training.evaluate_checkpoint import (
+        evaluate_checkpoint,
+        logged_history,
+        write_evaluation_report,
+    )
     from rankedlist.training.evaluation_pass import format_metrics_table
 
+    if not args.index_method and any(v is not None for v in (args.nprobe, args.ef, args.nlist)):
+        raise ValueError("--nprobe, --ef and --nlist need --index-method ivf or hnsw")
+    report = _report_path(args)  # both checked before the evaluation's time is spent
     out: dict = {}
     metrics = evaluate_checkpoint(
         args.checkpoint, args.split, args.overrides, args.device, embeddings_out=out
     )
     if not metrics:  # a non-zero rank of a distributed evaluation
         return 0
+    exact = dict(metrics)  # the report's numbers: the exact evaluation's, not an index's
     if args.index_method:
         metrics[f"fused via {args.index_method} index"] = _through_index(args, out)
-    elif any(v is not None for v in (args.nprobe, args.ef, args.nlist)):
-        raise ValueError("--nprobe, --ef and --nlist need --index-method ivf or hnsw")
     print(f"{args.split} metrics of {args.checkpoint}:")
     print("\n".join(format_metrics_table(metrics)))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2))
         print(f"written to {args.output}")
+    if report is not None:
+        history = logged_history(args.checkpoint)
+        write_evaluation_report(report, exact, out, args.split, history)
+        print(f"report written to {report}")
     return 0
+
+
+def _report_path(args: argparse.Namespace) -> Path | None:
+    """``--report``, or ``evaluate-<checkpoint>-<split>.html`` beside the checkpoint (``None``
+    with ``--no-report``); checked before the evaluation so a bad path costs no time."""
+    if args.report and args.no_report:
+        raise ValueError("--report FILE and --no-report contradict each other; pass one")
+    if args.no_report:
+        return None
+    checkpoint = Path(args.checkpoint)
+    folder, stem = (
+        (checkpoint, "last") if checkpoint.is_dir() else (checkpoint.parent, checkpoint.stem)
+    )
+    path = Path(args.report) if args.report else folder / f"evaluate-{stem}-{args.split}.html"
+    if path.is_dir():
+        raise ValueError(
+            f"--report {path} is a folder; pass a file name such as {path / 'report.html'}"
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"the folder of the report {path} does not exist; create it or pass --report FILE"
+        )
+    return path
 
 
 def _through_index(args: argparse.Namespace, out: dict) -> dict[str, float]:

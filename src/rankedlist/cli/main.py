@@ -24,6 +24,8 @@ from rankedlist.cli import (
     export,
     index,
     recipes,
+    report,
+    serve,
     show_config,
     train,
     tune,
@@ -36,6 +38,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "parse_command_line"]
 COMMANDS = {
     "train": train,
     "evaluate": evaluate,
+    "report": report,
     "recipes": recipes,
     "show-config": show_config,
     "index": index,
@@ -43,6 +46,7 @@ COMMANDS = {
     "tune": tune,
     "compare": compare,
     "convert-checkpoint": convert_checkpoint,
+    "serve": serve,
 }
 
 

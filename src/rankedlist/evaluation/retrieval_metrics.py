@@ -83,6 +83,7 @@ def retrieval_metrics(
     backend: str = "auto",
     distributed: bool = False,
     profile: dict[str, float] | None = None,
+    per_query: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float | int]:
     """Recall@K, R-Precision and MAP@R of ``query`` against ``gallery`` by cosine similarity.
 
@@ -104,6 +105,12 @@ def retrieval_metrics(
             the same inputs; each computes a share and all get the same result.
         profile: if a dict, it receives the seconds spent per phase (and, for the screened
             back end, the numbers of kept and recomputed entries).
+        per_query: if a dict, it receives the per-query values the metrics average, for the
+            queries with a relevant item (ascending query index): ``rows`` (their indices),
+            ``first_relevant_rank`` (0-based rank of the first relevant item: exact with the
+            faiss and torch back ends; the screened one decides only ``rank < K`` for each K of
+            ``ks``, which is all Recall@K needs, so compare its ranks with those Ks only),
+            ``r_precision`` and ``average_precision`` (the query's MAP@R term).
 
     Returns:
         ``{"recall@K": ..., "r_precision": ..., "map@r": ..., "lone_queries": int}``. Metrics
@@ -166,8 +173,16 @@ def retrieval_metrics(
             values = _rows_torch(problem, owned, chunk)
     rank, r_prec, ap = values
     if comm is not None:
-        parts = comm.all_gather_arrays([rank, r_prec, ap])
-        rank, r_prec, ap = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        parts = comm.all_gather_arrays([rank, r_prec, ap, owned])
+        rank, r_prec, ap, owned = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    if per_query is not None:
+        order = np.argsort(owned, kind="stable")  # the processes' shares back in query order
+        per_query.update(
+            rows=np.asarray(owned, dtype=np.int64)[order],
+            first_relevant_rank=np.asarray(rank, dtype=np.int64)[order],
+            r_precision=np.asarray(r_prec, dtype=np.float64)[order],
+            average_precision=np.asarray(ap, dtype=np.float64)[order],
+        )
     timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
     valid = int(rows_all.shape[0])
     if rank.shape[0] != valid:  # pragma: no cover - a broken split would be a bug

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rankedlist.report.figures import class_name, new_figure, save_png, shorten
+from rankedlist.report.figures import class_name, drawable, new_figure, save_png, shorten
 
 
 def subsample_for_map(
@@ -69,6 +69,26 @@ def embed_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
         return tsne.fit_transform(x)
 
 
+def map_layout(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    max_points: int = 1500,
+    max_classes: int = 20,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rows, coords)``: the seeded subsample of :func:`subsample_for_map` and its 2-D layout
+    (:func:`embed_2d`), or ``None`` with fewer than two points. The PNG and ``report.html`` show
+    this one layout."""
+    embeddings = np.asarray(embeddings)
+    labels = np.asarray(labels)
+    if len(embeddings) < 2:
+        return None
+    rows = subsample_for_map(labels, max_points=max_points, max_classes=max_classes, seed=seed)
+    if len(rows) < 2:
+        return None
+    return rows, embed_2d(embeddings[rows], seed=seed)
+
+
 def plot_embedding_map(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -77,19 +97,19 @@ def plot_embedding_map(
     max_points: int = 1500,
     max_classes: int = 20,
     seed: int = 0,
+    layout: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path | None:
     """A t-SNE map of a seeded subsample of the test embeddings, one colour per class.
 
-    Returns ``None`` (nothing written) when fewer than two points are available.
+    ``layout`` is a :func:`map_layout` already computed (else it is computed here). Returns
+    ``None`` (nothing written) when fewer than two points are available.
     """
-    embeddings = np.asarray(embeddings)
     labels = np.asarray(labels)
-    if len(embeddings) < 2:
+    if layout is None:
+        layout = map_layout(embeddings, labels, max_points, max_classes, seed)
+    if layout is None:
         return None
-    rows = subsample_for_map(labels, max_points=max_points, max_classes=max_classes, seed=seed)
-    if len(rows) < 2:
-        return None
-    coords = embed_2d(embeddings[rows], seed=seed)
+    rows, coords = layout
     sub_labels = labels[rows]
     classes = np.unique(sub_labels)
 
@@ -101,7 +121,7 @@ def plot_embedding_map(
     size = float(np.clip(6000.0 / len(rows), 14.0, 70.0))  # bigger dots when there are few
     for j, c in enumerate(classes):
         pts = coords[sub_labels == c]
-        name = class_name(class_names, c)
+        name = drawable(class_name(class_names, c))
         color = cmap(j % cmap.N)
         ax.scatter(pts[:, 0], pts[:, 1], s=size, color=color, alpha=0.8, linewidths=0, label=name)
         cx, cy = np.median(pts, axis=0)
@@ -123,7 +143,7 @@ def plot_embedding_map(
         fontsize=11,
     )
     ax.legend(
-        [shorten(class_name(class_names, c), 18) for c in classes],
+        [shorten(drawable(class_name(class_names, c)), 18) for c in classes],
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize=8,

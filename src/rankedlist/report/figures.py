@@ -9,6 +9,7 @@ returns its path, or ``None`` when there is nothing to draw (the report then say
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,27 @@ def class_name(class_names: Sequence[str] | None, label: Any) -> str:
 def shorten(text: str, n: int) -> str:
     """``text`` cut to ``n`` characters, the last one an ellipsis when cut."""
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+#: What a character no font of the picture can draw becomes (the HTML page shows the real name).
+MISSING_GLYPH = "□"
+
+
+@lru_cache(maxsize=1)
+def _drawable_code_points() -> frozenset[int]:
+    """The code points of the font matplotlib draws the pictures' text with."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = font_manager.findfont(font_manager.FontProperties(), fallback_to_default=True)
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character the pictures' font lacks replaced by :data:`MISSING_GLYPH`.
+
+    A class named in a script the font does not cover (a CJK character in DejaVu Sans) would
+    otherwise draw an empty box and a "Glyph missing from font" warning for every label.
+    """
+    covered = _drawable_code_points()
+    return "".join(c if ord(c) in covered or c.isspace() else MISSING_GLYPH for c in text)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rankedlist.report.figures import DPI, class_name, new_figure, save_png, shorten
+from rankedlist.report.figures import DPI, class_name, drawable, new_figure, save_png, shorten
 from rankedlist.report.neighbors import neighbor_matches, pick_queries, top_k_neighbors
 
 #: Border colours of the retrieval grid (RGB hex): right class, wrong class, the query itself.
@@ -80,12 +80,13 @@ def retrieval_grid_figure(
     boxes = []
     for i, q in enumerate(query_rows):
         y0 = _TOP + i * row_h
-        cells = [(int(q), QUERY_COLOR, shorten(class_name(class_names, labels[q]), 22), "black")]
+        query_name = shorten(drawable(class_name(class_names, labels[q])), 22)
+        cells = [(int(q), QUERY_COLOR, query_name, "black")]
         for j in range(k_eff):
             r = int(neighbor_rows[i, j])
             color = RIGHT_COLOR if matches[i, j] else WRONG_COLOR
             mark = "✓" if matches[i, j] else "✗"
-            name = shorten(class_name(class_names, labels[r]), 14)
+            name = shorten(drawable(class_name(class_names, labels[r])), 14)
             cells.append((r, color, f"{mark} {name}  {sims[i, j]:.2f}", color))
         row_boxes = []
         for x0, (row, color, caption, text_color) in zip(col_x, cells, strict=True):
