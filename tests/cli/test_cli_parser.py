@@ -80,6 +80,21 @@ def test_a_word_after_an_option_that_takes_a_value_is_that_value(command):
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "runs/x", "data.root=/d", "--split", "val"],
+        ["report", "--split", "val", "runs/x", "data.root=/d"],
+        ["report", "--split", "val", "data.root=/d", "runs/x", "--out", "a=b.html"],
+    ],
+)
+def test_reports_run_folder_may_stand_anywhere_among_the_options(argv):
+    args = parse_command_line(argv)
+    assert args.split == "val" and args.overrides[0] in ("runs/x", "data.root=/d")
+    assert sorted(args.overrides) == ["data.root=/d", "runs/x"]
+    assert args.out == (argv[-1] if "--out" in argv else None)
+
+
+@pytest.mark.parametrize(
     ("word", "resume", "overrides"),
     [
         ("a=b.pt", "a=b.pt", ["optim.lr=1"]),  # no such file: still the path, by its words

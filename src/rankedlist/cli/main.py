@@ -118,10 +118,12 @@ def _dashed_to_overrides(argv: Sequence[str]) -> list[str]:
 
 
 def hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
-    """Move every ``key=value`` override right after the command word.
+    """Move every ``key=value`` override, and any other bare word (``report``'s run folder),
+    right after the command word, in their order.
 
     argparse fills a ``nargs="*"`` positional only from one run of positionals, so overrides
-    after an option (``--resume data.p=16 train.log_every=1``) would be "unrecognized"; and
+    after an option (``--resume data.p=16 train.log_every=1``, ``report --split val RUN
+    data.root=X``) would be "unrecognized"; and
     ``--resume`` takes an optional path, so it would swallow the first override. Hoisted, any
     order of options and overrides parses the same. A word after an option that takes a value is
     that value, even with a ``=`` in it; after an option whose value is optional (``--resume``)
@@ -141,7 +143,7 @@ def hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> lis
         is_value = previous in takes_value or (
             previous in may_take_value and not _reads_as_override(item)
         )
-        if "=" in item and not item.startswith("-") and not is_value:
+        if not item.startswith("-") and not is_value:
             overrides.append(item)
         else:
             others.append(item)
