@@ -28,7 +28,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "overrides",
         nargs="+",
         metavar="RUN",
-        help="the run folder (it holds last.pt; name it before the options), then any config "
+        help="the run folder (it holds last.pt), and any config "
         "overrides, e.g. data.root=/data/Stanford_Online_Products",
     )
     report.add_argument(
