@@ -9,7 +9,11 @@ PID file, because the kernel releases it when the holder exits for any reason, `
 included: a dead process never leaves a stale lock that blocks the user. The lock file keeps a
 line naming its holder (process id, command, start time) for the message the second process
 prints; it is left in place when released (deleting it would race with a process that just
-opened it).
+opened it), except where the lock created the file and its folder still holds nothing else: a
+run refused before writing anything leaves no lock file behind, and no folder if it created it.
+That file is unlinked while still locked, and a process that takes a lock checks that the path
+still names the file it locked (else it opens the path again), so two holders never lock two
+files at once.
 
 Readers (``evaluate``, ``index search``) take no lock: every file they read is replaced
 atomically, so they see the old state or the new one.
@@ -53,6 +57,8 @@ class FolderLock:
         self.what = what  # "train" or "index add": said in the holder line
         self.path = lock_path(folder, inside)
         self._fd: int | None = None
+        self._made_folder = False  # acquire created the folder the lock file is in
+        self._made_file = False  # ... and the lock file
 
     @property
     def held(self) -> bool:
@@ -62,7 +68,9 @@ class FolderLock:
         if self._fd is not None:
             return self
         try:
+            made = not self.path.parent.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            made_file = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
             if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -85,6 +93,10 @@ class FolderLock:
                 ) from None
             except OSError:  # a file system without flock: run unlocked rather than refuse
                 pass
+            else:
+                if not _names_file(self.path, fd):  # its holder removed it as we opened it
+                    os.close(fd)
+                    return self.acquire()
         program = Path(sys.argv[0]).name
         program = "rankedlist" if program in ("__main__.py", "-c", "") else program
         command = " ".join([program, *sys.argv[1:6]])
@@ -95,6 +107,7 @@ class FolderLock:
         except OSError:  # opened read-only: the lock holds, only the holder line is missing
             pass
         self._fd = fd
+        self._made_folder, self._made_file = made, made_file
         return self
 
     def release(self) -> None:
@@ -105,17 +118,40 @@ class FolderLock:
             os.ftruncate(fd, 0)  # no holder line outlives its holder
         except OSError:
             pass
+        if self._made_file:
+            self._remove_if_alone()
         if fcntl is not None:
             # Unlock explicitly: a process forked while the lock was held (a loader worker)
             # shares the descriptor, and closing ours alone would leave the lock with it.
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def _remove_if_alone(self) -> None:
+        """Remove the lock file acquire created, and the folder if it created that too, when
+        nothing else was written beside it."""
+        folder = self.path.parent
+        try:
+            if [p.name for p in folder.iterdir()] == [self.path.name]:
+                self.path.unlink()
+                if self._made_folder:
+                    folder.rmdir()  # fails harmlessly if another process just created a file
+        except OSError:
+            pass
+
     def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not unlinked or replaced)."""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _read_holder(fd: int) -> str:

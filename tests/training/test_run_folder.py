@@ -257,6 +257,28 @@ def test_a_failed_first_start_does_not_block_its_retry(tmp_path, capsys, monkeyp
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
+def test_a_start_refused_before_writing_leaves_no_folder_behind(tmp_path, capsys, tiny_run):
+    new, empty = tmp_path / "new" / "run", tmp_path / "mine"
+    empty.mkdir()
+    for run in (new, empty):
+        assert tiny_run.train(run, "data.p=999") == 2
+        assert "data.p" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "run").exists()  # created by the start: removed again
+    assert empty.is_dir() and list(empty.iterdir()) == []  # the user's own folder stays
+
+
+def test_a_held_lock_file_is_never_removed_under_its_holder(tmp_path):
+    from rankedlist.folder_lock import FolderBusyError, FolderLock
+
+    folder = tmp_path / "run"
+    first = FolderLock(folder, "train", inside=True).acquire()
+    with pytest.raises(FolderBusyError):
+        FolderLock(folder, "train", inside=True).acquire()
+    (folder / "config.yaml").write_text("x")  # the run wrote something: the folder is kept
+    first.release()
+    assert (folder / "config.yaml").is_file() and (folder / ".rankedlist.lock").is_file()
+
+
 # --------------------------------------------------------------------------- what is whose
 
 
