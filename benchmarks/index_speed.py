@@ -29,11 +29,21 @@ runs), the speed-up over the exact search of the same run, and recall@10: the sh
 exact top 10 that the method returns. Everything runs in this one process on ``--threads``
 cores (2 by default, like the machine the README's table comes from).
 
+``--backends faiss milvus`` measures each method a second time as a Milvus collection
+(``MilvusIndex.create`` into a Milvus Lite database in a temporary folder, embedded in this
+process: rankedlist's Milvus backend with the same parameters, FLAT / IVF_FLAT / HNSW by inner
+product). Its build seconds are the whole write (rows sent through pymilvus, segments sealed,
+their indexes built); its memory is the size of the collection's data folder (the vectors and
+the per-segment indexes, what a server holds loaded); its queries/s come from one
+``MilvusIndex.search`` of the 1,000 queries, and recall and speed-up are against the same faiss
+exact search.
+
     python benchmarks/index_speed.py                     # all methods on the 3 default sets
     python benchmarks/index_speed.py --datasets sop-512  # one dataset
     python benchmarks/index_speed.py --datasets clustered-128-200k --methods hnsw \\
         --ef-construction 40 100 200 --ef 64 128 256     # hnsw's construction and search
     python benchmarks/index_speed.py --json results.json
+    python benchmarks/index_speed.py --datasets sop-512 --backends faiss milvus
 """
 
 from __future__ import annotations
@@ -112,6 +122,21 @@ def make_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x[~held_out]), queries
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def build_milvus(x: np.ndarray, method: str, build: dict, tmp: Path):
+    """The method as a Milvus Lite collection: (index, build seconds, bytes of its data)."""
+    from rankedlist.retrieval.milvus_index import MilvusIndex
+
+    uri = tmp / f"milvus-{method}-{len(list(tmp.iterdir()))}.db"
+    t0 = time.perf_counter()
+    index = MilvusIndex.create(str(uri), method, x, [str(i) for i in range(len(x))],
+                               method=method, **build)  # fmt: skip
+    return index, time.perf_counter() - t0, folder_bytes(uri)
+
+
 def index_bytes(index, tmp: Path) -> int:
     """Bytes of the search structure: index.faiss as faiss writes it, or the exact matrix."""
     if index.method == "exact":
@@ -136,59 +161,75 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
 
 
-def run_dataset(name: str, repeat: int, plan: list[tuple[str, dict, list[dict]]]) -> list[dict]:
+def run_dataset(
+    name: str, repeat: int, plan: list[tuple[str, dict, list[dict]]], backends: list[str]
+) -> list[dict]:
     from rankedlist.retrieval import EmbeddingIndex
-    from rankedlist.retrieval import index_methods as im
 
     t0 = time.perf_counter()
     x, queries = make_dataset(name)
     print(f"\n{name}: {x.shape[0]:,} x {x.shape[1]} (+{len(queries)} queries), generated in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     items = [""] * len(x)  # names are not what is measured
-    rows_out, truth, exact_qps = [], None, None
+    rows_out: list[dict] = []
+    reference: dict = {}  # the faiss exact search: its rows (recall) and queries/s (speed-up)
     with tempfile.TemporaryDirectory() as tmp:
         for method, build, searches in plan:
-            t0 = time.perf_counter()
-            index = EmbeddingIndex(x, items, method=method, **build)
-            build_s = time.perf_counter() - t0 if method != "exact" else 0.0
-            memory = index_bytes(index, Path(tmp))
-            for setting in searches:
-                given = {k: v for k, v in setting.items() if v is not None}
-                qps, found = timed_search(index, queries, repeat, **given)
-                if method == "exact":
-                    truth, exact_qps = found, qps
-                used = index.search_setting(**given)
-                label = ", ".join(f"{k} {v}" for k, v in used.items())
-                if method == "ivf":
-                    label = f"nlist {index.method_params['nlist']}, {label}"
-                default = not setting or None in setting.values()
-                if method == "hnsw":
-                    p = index.method_params
-                    label = f"M {p['M']}, efC {p['ef_construction']}, {label}"
-                    default = (p["M"], p["ef_construction"], used["ef"]) == (
-                        im.HNSW_M,
-                        im.HNSW_EF_CONSTRUCTION,
-                        im.HNSW_EF_SEARCH,
-                    )
-                row = {
-                    "dataset": name,
-                    "method": method,
-                    "setting": label + (" (default)" if default and method != "exact" else ""),
-                    "build_s": round(build_s, 1),
-                    "memory_mib": round(memory / 2**20, 1),
-                    "queries_per_s": round(qps, 1),
-                    "speedup": round(qps / exact_qps, 1),
-                    "recall@10": round(recall_at_k(found, truth), 4),
-                }
-                rows_out.append(row)
-                print(_line(row), flush=True)
-            del index
+            for backend in ["faiss", *[b for b in backends if b != "faiss"]]:
+                if backend == "faiss":
+                    t0 = time.perf_counter()
+                    index = EmbeddingIndex(x, items, method=method, **build)
+                    build_s = time.perf_counter() - t0 if method != "exact" else 0.0
+                    memory = index_bytes(index, Path(tmp))
+                else:
+                    index, build_s, memory = build_milvus(x, method, build, Path(tmp))
+                for setting in searches:
+                    row = measure(index, queries, repeat, setting, method, reference)
+                    row.update(dataset=name, backend=backend, build_s=round(build_s, 1),
+                               memory_mib=round(memory / 2**20, 1))  # fmt: skip
+                    if backend in backends:
+                        rows_out.append(row)
+                        print(_line(row), flush=True)
+                if backend == "milvus":
+                    index.close()
+                del index
     return rows_out
+
+
+def measure(index, queries, repeat: int, setting: dict, method: str, reference: dict) -> dict:
+    """One search setting of one index: its label, queries/s, speed-up and recall@10."""
+    from rankedlist.retrieval import index_methods as im
+
+    given = {k: v for k, v in setting.items() if v is not None}
+    qps, found = timed_search(index, queries, repeat, **given)
+    if method == "exact" and "truth" not in reference:
+        reference.update(truth=found, qps=qps)
+    used = index.search_setting(**given)
+    label = ", ".join(f"{k} {v}" for k, v in used.items())
+    if method == "ivf":
+        label = f"nlist {index.method_params['nlist']}, {label}"
+    default = not setting or None in setting.values()
+    if method == "hnsw":
+        p = index.method_params
+        label = f"M {p['M']}, efC {p['ef_construction']}, {label}"
+        default = (p["M"], p["ef_construction"], used["ef"]) == (
+            im.HNSW_M,
+            im.HNSW_EF_CONSTRUCTION,
+            im.HNSW_EF_SEARCH,
+        )
+    return {
+        "method": method,
+        "setting": label + (" (default)" if default and method != "exact" else ""),
+        "queries_per_s": round(qps, 1),
+        "speedup": round(qps / reference["qps"], 1),
+        "recall@10": round(recall_at_k(found, reference["truth"]), 4),
+    }
 
 
 def _line(row: dict) -> str:
     return (
-        f"| {row['dataset']} | {row['method']} | {row['setting']} | {row['build_s']:.1f} | "
+        f"| {row['dataset']} | {row['backend']} | {row['method']} | {row['setting']} | "
+        f"{row['build_s']:.1f} | "
         f"{row['memory_mib']:.0f} | {row['queries_per_s']:,.0f} | {row['speedup']:.1f}x | "
         f"{row['recall@10']:.4f} |"
     )
@@ -217,6 +258,13 @@ def main() -> None:
     parser.add_argument(
         "--ef", type=int, nargs="+", help="hnsw: search settings (default: 32, the default, 128)"
     )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["faiss", "milvus"],
+        default=["faiss"],
+        help="faiss (index folders; the default) and/or milvus (Milvus Lite collections)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeat", type=int, default=2, help="search runs, fastest kept")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -232,11 +280,15 @@ def main() -> None:
     rows = []
     start = time.perf_counter()
     with threadpool_limits(args.threads):
-        print("| dataset | method | setting | build s | memory MiB | queries/s | vs exact | "
-              "recall@10 |\n|---|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
+        print("| dataset | backend | method | setting | build s | memory MiB | queries/s | "
+              "vs exact | recall@10 |\n|---|---|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
         for name in args.datasets:
-            rows.extend(run_dataset(name, args.repeat, plan))
+            rows.extend(run_dataset(name, args.repeat, plan, args.backends))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if "milvus" in args.backends:
+        from importlib.metadata import version
+
+        print(f"pymilvus {version('pymilvus')}, milvus-lite {version('milvus-lite')}")
     print(f"\n{args.threads} threads, faiss {faiss.__version__}, total "
           f"{time.perf_counter() - start:.0f} s, peak memory {peak:.1f} GiB")  # fmt: skip
     if args.json:

@@ -20,28 +20,39 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``index`` (with ``build``, ``add`` and ``search``) to ``parser.add_subparsers()``."""
-    from rankedlist.retrieval.index_methods import AUTO_EXACT_BELOW, HNSW_EF_SEARCH
-
     index = subparsers.add_parser(
         "index",
         help="build a retrieval index of a folder of images with a trained model, add to it, "
         "and search it",
         description="Embed a folder of images with a trained checkpoint (or its ONNX export) "
-        "into an index folder, exact or approximate (faiss ivf / hnsw), add images to it, and "
-        "find the nearest indexed images of query images.",
+        "into an index folder, exact or approximate (faiss ivf / hnsw), or into a Milvus "
+        "collection (--backend milvus: Milvus Lite in a local file, or a Milvus server or "
+        "cluster), add images to it, and find the nearest indexed images of query images.",
     )
     actions = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    _add_build_parser(actions)
+    _add_add_parser(actions)
+    _add_search_parser(actions)
+    return index
+
+
+def _add_build_parser(actions: Any) -> None:
+    from rankedlist.retrieval.index_methods import AUTO_EXACT_BELOW, HNSW_EF_SEARCH
 
     build = actions.add_parser(
         "build",
-        help="embed every image under a folder into an index folder",
+        help="embed every image under a folder into an index folder or a Milvus collection",
         description="Embed every image under --images (recursive) with a run's checkpoint or an "
         "exported ONNX model and write the index (embeddings.npy, items.json, meta.json, and "
-        "index.faiss for an approximate method) to --out.",
+        "index.faiss for an approximate method) to --out, or with --backend milvus into "
+        "--collection at --uri.",
     )
     _add_model_options(build, required=True)
     build.add_argument("--images", required=True, help="the folder of images to index")
-    build.add_argument("--out", required=True, help="the index folder to write (replaced)")
+    build.add_argument(
+        "--out", help="the index folder to write (replaced); required with --backend faiss"
+    )
+    _add_backend_options(build, "write (replaced once the new one is complete)")
     build.add_argument(
         "--labels-from-folders",
         action="store_true",
@@ -54,7 +65,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     build.add_argument(
         "--method",
         default="auto",
-        help=f"exact (faiss IndexFlatIP), ivf (IndexIVFFlat) or hnsw (IndexHNSWFlat); auto "
+        help=f"exact (faiss IndexFlatIP; Milvus FLAT), ivf (IndexIVFFlat; IVF_FLAT) or hnsw "
+        f"(IndexHNSWFlat; HNSW), all by inner product of normalised embeddings; auto "
         f"(default): exact below {AUTO_EXACT_BELOW:,} images, ivf from there",
     )
     build.add_argument(
@@ -68,6 +80,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_runtime_options(build)
 
+
+def _add_add_parser(actions: Any) -> None:
     add = actions.add_parser(
         "add",
         help="embed the images under a folder and append them to an existing index",
@@ -77,7 +91,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "their class sub-folder. One build or add per index at a time: a second one is refused "
         "with the process that holds the index.",
     )
-    add.add_argument("--index", required=True, help="an index folder from `index build`")
+    add.add_argument(
+        "--index", help="an index folder from `index build`; required with --backend faiss"
+    )
+    _add_backend_options(add, "add to (all images or none become visible)")
     add.add_argument("--images", required=True, help="the folder of images to add")
     _add_model_options(add, required=False)
     add.add_argument(
@@ -86,13 +103,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_other_model_option(add)
     _add_runtime_options(add)
 
+
+def _add_search_parser(actions: Any) -> None:
     search = actions.add_parser(
         "search",
         help="find the nearest indexed images of query images",
         description="Embed the query images with the index's model and print their nearest "
         "indexed images with cosine similarities.",
     )
-    search.add_argument("--index", required=True, help="an index folder from `index build`")
+    search.add_argument(
+        "--index", help="an index folder from `index build`; required with --backend faiss"
+    )
+    _add_backend_options(search, "search")
     _add_model_options(search, required=False)
     search.add_argument("queries", nargs="+", metavar="QUERY", help="image files or folders")
     search.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
@@ -111,7 +133,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_other_model_option(search)
     _add_runtime_options(search)
-    return index
+
+
+def _add_backend_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        default="faiss",
+        help="faiss (default): an index folder; milvus: a Milvus collection (needs pip install "
+        "'rankedlist[milvus]')",
+    )
+    parser.add_argument(
+        "--uri",
+        help="--backend milvus: a Milvus Lite database, a local path ending in .db (embedded, "
+        "one process at a time), or a Milvus server or cluster address (http://host:19530)",
+    )
+    parser.add_argument(
+        "--collection",
+        help=f"--backend milvus: the collection to {verb}; default rankedlist",
+    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -163,7 +203,8 @@ def _build(args: argparse.Namespace) -> int:
     from rankedlist.retrieval.index_actions import index_build
 
     return index_build(
-        args.images, args.out, checkpoint=args.checkpoint, model=args.model,
+        args.images, args.out, backend=args.backend, uri=args.uri, collection=args.collection,
+        checkpoint=args.checkpoint, model=args.model,
         labels_from_folders=args.labels_from_folders, method=args.method, nlist=args.nlist,
         nprobe=args.nprobe, ef=args.ef, **_embedding(args),
     )  # fmt: skip
@@ -173,7 +214,8 @@ def _add(args: argparse.Namespace) -> int:
     from rankedlist.retrieval.index_actions import index_add
 
     return index_add(
-        args.index, args.images, checkpoint=args.checkpoint, model=args.model,
+        args.index, args.images, backend=args.backend, uri=args.uri, collection=args.collection,
+        checkpoint=args.checkpoint, model=args.model,
         allow_other_model=args.allow_other_model, **_embedding(args),
     )  # fmt: skip
 
@@ -193,7 +235,8 @@ def _search(args: argparse.Namespace) -> int:
     from rankedlist.retrieval.index_actions import index_search
 
     return index_search(
-        args.index, args.queries, k=args.k, checkpoint=args.checkpoint, model=args.model,
+        args.index, args.queries, backend=args.backend, uri=args.uri, collection=args.collection,
+        k=args.k, checkpoint=args.checkpoint, model=args.model,
         nprobe=args.nprobe, ef=args.ef, picture=args.picture, json_out=args.json_out,
         allow_other_model=args.allow_other_model, skip_corrupt=args.skip_corrupt,
         device=args.device, batch_size=args.batch_size, progress=not args.no_progress,

@@ -11,6 +11,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from rankedlist.retrieval.milvus_actions import (
+    check_backend_options,
+    milvus_add_command,
+    milvus_build_command,
+    open_milvus_for_search,
+)
+
 __all__ = ["index_add", "index_build", "index_search", "os_reason"]
 
 # The build options of each approximate method (the CLI spelling).
@@ -85,8 +92,11 @@ def _check_search_setting(
 
 def index_build(
     images: str,
-    out: str,
+    out: str | None = None,
     *,
+    backend: str = "faiss",
+    uri: str | None = None,
+    collection: str | None = None,
     checkpoint: str | None = None,
     model: str | None = None,
     labels_from_folders: bool = False,
@@ -101,16 +111,24 @@ def index_build(
     progress: bool = True,
 ) -> int:
     """``rankedlist index build``: embed ``images`` with ``checkpoint`` or ``model`` (an ONNX
-    file), save to ``out`` with ``method``.
+    file), save to the folder ``out`` (``backend="faiss"``) or to ``collection`` at ``uri``
+    (``backend="milvus"``) with ``method``.
 
-    ``--out`` and the method options are checked first, so a bad output folder or option fails
-    at once rather than after every image is embedded.
+    ``--out`` (or the Milvus address and collection) and the method options are checked first,
+    so a bad destination or option fails at once rather than after every image is embedded.
     """
     from rankedlist.retrieval import images_to_index
     from rankedlist.retrieval.index_files import check_index_destination
     from rankedlist.retrieval.index_swap import index_lock
 
+    check_backend_options(backend, out, "--out", uri, collection)
     params = _method_params(method, {"nlist": nlist, "nprobe": nprobe, "ef": ef})
+    if backend == "milvus":
+        return milvus_build_command(
+            images, uri, collection, method, params, checkpoint=checkpoint, model_file=model,
+            labels_from_folders=labels_from_folders, skip_corrupt=skip_corrupt, device=device,
+            batch_size=batch_size, num_workers=num_workers, progress=progress,
+        )  # fmt: skip
     try:
         check_index_destination(out)
     except OSError as err:
@@ -161,9 +179,12 @@ def _print_self_retrieval(index: Any) -> None:
 
 
 def index_add(
-    index: str,
+    index: str | None,
     images: str,
     *,
+    backend: str = "faiss",
+    uri: str | None = None,
+    collection: str | None = None,
     checkpoint: str | None = None,
     model: str | None = None,
     allow_other_model: bool = False,
@@ -179,13 +200,22 @@ def index_add(
 
     The index's lock is held from the read to the save, so two adds at once cannot both read
     the old index and each save it with only their own images: the second is refused with one
-    line naming the index and the process that is adding to it.
+    line naming the index and the process that is adding to it. With ``backend="milvus"`` the
+    images go into ``collection`` at ``uri``, all at once or not at all
+    (:meth:`~rankedlist.retrieval.milvus_index.MilvusIndex.add`).
     """
     from rankedlist.retrieval import images_to_index
     from rankedlist.retrieval.embedding_index import EmbeddingIndex
     from rankedlist.retrieval.index_files import index_not_found
     from rankedlist.retrieval.index_swap import index_lock, settle_index_folder
 
+    check_backend_options(backend, index, "--index", uri, collection)
+    if backend == "milvus":
+        return milvus_add_command(
+            images, uri, collection, checkpoint=checkpoint, model=model,
+            allow_other_model=allow_other_model, skip_corrupt=skip_corrupt, device=device,
+            batch_size=batch_size, num_workers=num_workers, progress=progress,
+        )  # fmt: skip
     folder = Path(index)
     settle_index_folder(folder)  # an index a killed save left hidden is put back first
     if not folder.is_dir():  # no lock file is made beside a mistyped path
@@ -249,9 +279,12 @@ def _query_labels(files: list[Path], classes: list[str] | None) -> list[int | No
 
 
 def index_search(
-    index: str,
+    index: str | None,
     queries: list[str],
     *,
+    backend: str = "faiss",
+    uri: str | None = None,
+    collection: str | None = None,
     k: int = 10,
     checkpoint: str | None = None,
     model: str | None = None,
@@ -267,14 +300,19 @@ def index_search(
 ) -> int:
     """``rankedlist index search``: print each query's nearest items in the index folder
     ``index`` (and draw them into ``picture``, write them to ``json_out``); a query is an image
-    file or a folder of them."""
+    file or a folder of them. With ``backend="milvus"`` the index is ``collection`` at
+    ``uri``."""
     from rankedlist.retrieval.embedding_index import EmbeddingIndex
     from rankedlist.retrieval.images_to_index import search_images
     from rankedlist.retrieval.index_models import model_for_index
 
+    check_backend_options(backend, index, "--index", uri, collection)
     if isinstance(k, bool) or k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
-    loaded = EmbeddingIndex.load(index)
+    if backend == "milvus":
+        loaded, index = open_milvus_for_search(uri, collection)
+    else:
+        loaded = EmbeddingIndex.load(index)
     setting = _check_search_setting(loaded, index, nprobe, ef)
     embedder = model_for_index(loaded, checkpoint, model, device, index, allow_other_model)
     files = _query_files(queries)
