@@ -24,7 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "index",
         help="build a retrieval index of a folder of images with a trained model, add to it, "
         "and search it",
-        description="Embed a folder of images with a trained checkpoint (or its ONNX export) "
+        description="Embed a folder of images with a trained checkpoint (or its export) "
         "into an index folder, exact or approximate (faiss ivf / hnsw), or into a Milvus "
         "collection (--backend milvus: Milvus Lite in a local file, or a Milvus server or "
         "cluster), add images to it, and find the nearest indexed images of query images.",
@@ -42,9 +42,10 @@ def _add_build_parser(actions: Any) -> None:
     build = actions.add_parser(
         "build",
         help="embed every image under a folder into an index folder or a Milvus collection",
-        description="Embed every image under --images (recursive) with a run's checkpoint or an "
-        "exported ONNX model and write the index (embeddings.npy, items.json, meta.json, and "
-        "index.faiss for an approximate method) to --out, or with --backend milvus into "
+        description="Embed every image under --images (recursive) with a run's checkpoint or a "
+        "model exported by `rankedlist export` and write the index (embeddings.npy, items.json, "
+        "meta.json, and index.faiss for an approximate method) to --out, or with --backend "
+        "milvus into "
         "--collection at --uri.",
     )
     _add_model_options(build, required=True)
@@ -162,8 +163,9 @@ def _add_model_options(parser: argparse.ArgumentParser, required: bool) -> None:
     )
     group.add_argument(
         "--model",
-        help="an ONNX file from `rankedlist export` that embeds the images with onnxruntime "
-        f"(needs pip install 'rankedlist[export]'){default}",
+        help="a model file from `rankedlist export` that embeds the images: .onnx (run by "
+        "onnxruntime, pip install 'rankedlist[export]'), .pt2 (torch.export) or .ts "
+        f"(TorchScript){default}",
     )
 
 

@@ -1,9 +1,9 @@
 """Folders of images -> an index, more images -> the same index, query images -> their matches.
 
-The model is a run's checkpoint or an exported ONNX file (:mod:`rankedlist.retrieval.index_models`);
-either way the images go through the same test-time transform and :func:`embed_images`, so an
-index built from a model's ONNX export equals the one built from its checkpoint up to the
-runtimes' float rounding.
+The model is a run's checkpoint or a file exported from it (ONNX, ``.pt2``, TorchScript; see
+:mod:`rankedlist.retrieval.index_models`); either way the images go through the same test-time
+transform and :func:`embed_images`, so an index built from a model's export equals the one built
+from its checkpoint up to the runtimes' float rounding.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def search_images(
 
     Args:
         index: an index built with the same model.
-        model: a checkpoint path (or run folder), an exported ``.onnx`` file, a
+        model: a checkpoint path (or run folder), an exported ``.onnx``/``.pt2``/``.ts`` file, a
             :class:`~rankedlist.training.checkpoint_model.CheckpointModel` or
             :class:`~rankedlist.retrieval.index_models.IndexModel`, or an ``EmbeddingModel``
             (its test transform then uses ``index.meta["image_size"]`` when recorded, else the
