@@ -94,6 +94,14 @@ def test_reports_run_folder_may_stand_anywhere_among_the_options(argv):
     assert args.out == (argv[-1] if "--out" in argv else None)
 
 
+def test_the_words_of_an_option_that_takes_several_stay_its_values():
+    args = parse_command_line(
+        ["compare", "--recipes", "glyphs", "glyphs_ms", "optim.lr=1", "--seeds", "0", "1"]
+    )
+    assert args.recipes == ["glyphs", "glyphs_ms"] and args.overrides == ["optim.lr=1"]
+    assert [int(s) for s in args.seeds] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("word", "resume", "overrides"),
     [

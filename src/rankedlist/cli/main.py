@@ -136,12 +136,18 @@ def hoist_overrides(argv: Sequence[str], parser: argparse.ArgumentParser) -> lis
     if start is None:
         return argv
     takes_value, may_take_value = value_options(commands[argv[start]])
+    several = _several_value_options(commands[argv[start]])
     head, rest = argv[: start + 1], argv[start + 1 :]
     overrides, others = [], []
+    in_several = False  # after --recipes A B ...: plain words are its values
     for i, item in enumerate(rest):
         previous = rest[i - 1] if i else ""
-        is_value = previous in takes_value or (
-            previous in may_take_value and not _reads_as_override(item)
+        if item.startswith("-"):
+            in_several = item in several
+        is_value = (
+            previous in takes_value
+            or (previous in may_take_value and not _reads_as_override(item))
+            or (in_several and "=" not in item)
         )
         if not item.startswith("-") and not is_value:
             overrides.append(item)
@@ -171,6 +177,17 @@ def value_options(command: argparse.ArgumentParser) -> tuple[set[str], set[str]]
             optional = action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
             (may_take if optional else takes).update(action.option_strings)
     return takes, may_take
+
+
+def _several_value_options(command: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``command`` that take several words (``--recipes A B``)."""
+    several = (argparse.ONE_OR_MORE, argparse.ZERO_OR_MORE)
+    return {
+        option
+        for action in command._actions
+        if action.nargs in several or (isinstance(action.nargs, int) and action.nargs > 1)
+        for option in action.option_strings
+    }
 
 
 _CONFIG_KEY = re.compile(r"[A-Za-z_]\w*(\.[^\s./=]+)*")
