@@ -20,19 +20,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve = subparsers.add_parser(
         "serve",
         help="serve an index over HTTP: a search API (FastAPI on uvicorn) and a search page",
-        description="Serve an index folder from `rankedlist index build`: POST /search (image "
+        description="Serve an index folder from `rankedlist index build` (or, with --backend "
+        "milvus, a Milvus collection that several servers can share): POST /search (image "
         "uploads -> nearest items with class names, similarities, item ids and paths), POST "
         "/embed, GET /health, GET /info, thumbnails of the indexed items by id, a search page at "
         "/ and the OpenAPI docs at /docs. Concurrent requests share forward passes; an `index "
         "add` by another process is picked up between requests. Needs pip install "
         "'rankedlist[serve]'.",
     )
-    serve.add_argument("--index", required=True, help="the index folder to serve (read-only)")
+    serve.add_argument(
+        "--index", help="the index folder to serve (read-only); required with --backend faiss"
+    )
+    serve.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        default="faiss",
+        help="faiss (default): an index folder; milvus: a Milvus collection from `index build "
+        "--backend milvus` (needs pip install 'rankedlist[milvus]')",
+    )
+    serve.add_argument(
+        "--uri",
+        help="--backend milvus: a Milvus Lite database, a local path ending in .db (one process "
+        "at a time), or a Milvus server or cluster address (http://host:19530) that several "
+        "servers can share",
+    )
+    serve.add_argument(
+        "--collection", help="--backend milvus: the collection to serve; default rankedlist"
+    )
     model = serve.add_mutually_exclusive_group()
     model.add_argument(
         "--model",
-        help="an exported model file from `rankedlist export` (ONNX runs on onnxruntime) that "
-        "embeds the queries (default: the model the index was built with)",
+        help="an exported model file from `rankedlist export` that embeds the queries: .onnx "
+        "(onnxruntime, on the CPU), .pt2 (torch.export) or .ts (TorchScript), on --device "
+        "(default: the model the index was built with)",
     )
     model.add_argument(
         "--checkpoint",
@@ -53,7 +73,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="server processes, each with its own copy of the model and the index (default 1)",
     )
     serve.add_argument(
-        "--device", default="auto", help="where a PyTorch model runs: auto, cpu, cuda, cuda:N"
+        "--device",
+        default="auto",
+        help="where a checkpoint or a .pt2 / TorchScript export runs: auto, cpu, cuda, cuda:N",
     )
     serve.add_argument(
         "--batch-window-ms",
@@ -111,10 +133,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        return _start(args)
+    except ConnectionError as err:  # a Milvus server that does not answer: the user's to fix
+        raise _Unreachable(str(err)) from err
+
+
+class _Unreachable(ValueError):
+    """A server the options name cannot be reached (reported as one line, as a bad option)."""
+
+
+def _start(args: argparse.Namespace) -> int:
     from rankedlist.serve.server import ServeOptions, serve
 
     options = ServeOptions(
         index=args.index,
+        backend=args.backend,
+        uri=args.uri,
+        collection=args.collection,
         checkpoint=args.checkpoint,
         model=args.model,
         host=args.host,

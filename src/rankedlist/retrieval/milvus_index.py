@@ -287,7 +287,6 @@ class MilvusIndex:
         if exclude_self:
             raise ValueError("a Milvus index is searched with queries; exclude_self does not apply")
         sims, rows, found = self._search(queries, k, nprobe, ef, fields=("item", "label"))
-        root = self.meta.get("images_root")
         out = []
         for q in range(len(rows)):
             hits = []
@@ -295,15 +294,32 @@ class MilvusIndex:
                 if r < 0:
                     continue  # an approximate search that found fewer than k rows
                 entity = found[q][int(r)]
-                path = Path(entity["item"])
-                if root is not None and not path.is_absolute():
-                    path = Path(root) / path
+                path = self._as_path(entity["item"])
                 label = int(entity["label"])
                 hits.append(
                     Match(int(r), entity["item"], path, float(s), None if label < 0 else label)
                 )
             out.append(hits)
         return out
+
+    def item_path(self, row: int) -> Path:
+        """Row ``row``'s item as a path (joined to ``meta["images_root"]`` when relative), read
+        from the collection by the row's id. Raises IndexError for a row searches do not see
+        (past the count read last, or not in the collection)."""
+        row = int(row)
+        if not 0 <= row < len(self):
+            raise IndexError(f"no row {row} in collection {self.collection} ({len(self)} rows)")
+        with milvus_errors(self.uri, self.collection):
+            hits = self._client.query(
+                self.collection, filter=f"id == {row}", output_fields=["item"]
+            )
+        if not hits:
+            raise IndexError(f"no row {row} in collection {self.collection}")
+        return self._as_path(hits[0]["item"])
+
+    def _as_path(self, item: str) -> Path:
+        path, root = Path(item), self.meta.get("images_root")
+        return path if root is None or path.is_absolute() else Path(root) / path
 
     def _search(
         self, queries: Any, k: int, nprobe: int | None, ef: int | None, fields: tuple[str, ...]

@@ -4,8 +4,9 @@
   pixel limits (a bad upload is a 4xx with a one-line reason, never a 500);
 * :mod:`~rankedlist.serve.embed_batcher`: concurrent requests' images embedded together, in one
   forward pass per short window;
-* :mod:`~rankedlist.serve.index_source`: the index a search reads, reloaded when another process
-  (``rankedlist index add``) swaps in a new version, never half-written;
+* :mod:`~rankedlist.serve.index_source`: the index a search reads (an index folder, or a Milvus
+  collection several servers share), reloaded when another process (``rankedlist index add``)
+  changes it, never half-written;
 * :mod:`~rankedlist.serve.search_service`: the model, the index and the batcher: search, embed,
   info, thumbnails by item id;
 * :mod:`~rankedlist.serve.http_app`: the FastAPI application (``/search``, ``/embed``,

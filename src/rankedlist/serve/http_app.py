@@ -4,13 +4,16 @@
 ``images``; ``GET /health``, ``GET /info``, ``GET /items/{item_id}/thumbnail``, the search page
 at ``/`` and FastAPI's OpenAPI schema (``/openapi.json``, ``/docs``). Every refusal is a 4xx
 whose JSON ``detail`` is one line: a bad upload, a request over the limits (the body is
-counted before FastAPI parses it), a malformed form, an unknown item.
+counted before FastAPI parses it), a malformed form, an unknown item; an index that cannot be
+searched now (a Milvus server gone, a collection rebuilt with another model) is a 503 saying
+why.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, and
 # UploadFile is imported inside the function that declares them (fastapi is an extra).
 from typing import Annotated, Any
 
+from rankedlist.serve.index_source import IndexUnavailable
 from rankedlist.serve.search_service import SearchService
 from rankedlist.serve.thumbnails import ItemNotFound
 from rankedlist.serve.upload_images import UploadRejected, decode_upload
@@ -57,6 +60,10 @@ def _add_error_handlers(app: Any) -> None:
     async def not_found(request: Any, exc: ItemNotFound) -> Any:
         return JSONResponse({"detail": _one_line(exc)}, status_code=404)
 
+    @app.exception_handler(IndexUnavailable)
+    async def unavailable(request: Any, exc: IndexUnavailable) -> Any:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=503)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Any, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
@@ -97,7 +104,7 @@ def _add_routes(app: Any, service: SearchService) -> None:
     @app.get("/health")
     def health() -> dict[str, Any]:
         """The server is up and its index can be searched."""
-        return {"status": "ok", "index_size": len(service.source.current())}
+        return {"status": "ok", "index_size": service.size()}
 
     @app.get("/info")
     def info() -> dict[str, Any]:

@@ -1,25 +1,27 @@
 """The work behind the API: a model, an index and the batcher between them.
 
-:func:`open_search_service` opens the index folder (read-only) and the model that embeds
-queries for it, the index's own or a given checkpoint or export, refused when its weights are
-not the index's (:func:`~rankedlist.retrieval.index_models.model_for_index`); an index reloaded
-later must have the same model fingerprint. Images go through the model's test-time transform
+:func:`open_search_service` opens the index (a folder, read-only, or a Milvus collection,
+searched only) and the model that embeds queries for it, the index's own or a given checkpoint
+or export (ONNX, ``.pt2``, TorchScript), refused when its weights are not the index's
+(:func:`~rankedlist.retrieval.index_models.model_for_index`); an index reloaded later must have
+the same model fingerprint. Images go through the model's test-time transform
 (for an export, the one its input contract names, as ``rankedlist export`` wrote it), then the
 batcher, then the index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from rankedlist.serve.embed_batcher import EmbedBatcher
-from rankedlist.serve.index_source import IndexSource, SearchIndex
+from rankedlist.serve.index_source import IndexSource, IndexUnavailable, SearchIndex
 from rankedlist.serve.thumbnails import ThumbnailCache
 from rankedlist.serve.upload_images import UploadLimits, UploadRejected, quiet_pixel_warnings
 
@@ -70,13 +72,17 @@ class SearchService:
 
     @property
     def runtime(self) -> str:
-        """``pytorch`` or ``onnxruntime`` (or the model's class for another runtime)."""
+        """``pytorch`` (a checkpoint), ``onnxruntime``, ``torch.export`` (a ``.pt2``) or
+        ``torchscript`` (or the model's class for another runtime)."""
         import torch
 
         model = self.index_model.model
         if isinstance(model, torch.nn.Module):
             return "pytorch"
-        return "onnxruntime" if hasattr(model, "session") else type(model).__name__
+        if hasattr(model, "session"):
+            return "onnxruntime"
+        formats = {"exported-program": "torch.export", "torchscript": "torchscript"}
+        return formats.get(getattr(model, "format", None), type(model).__name__)
 
     # ------------------------------------------------------------------ search
 
@@ -97,20 +103,27 @@ class SearchService:
             raise UploadRejected(
                 400, f"k must be between 1 and {self.limits.max_k} (this server's limit), got {k}"
             )
-        index = self.source.current()
-        keep = _filter(index, classes, min_similarity)
-        queries = self.embed(images)
-        if keep is None:
-            found = index.search_items(queries, min(k, len(index)))
-        else:
-            found = [_filtered(index, q[None], k, keep, min_similarity) for q in queries]
+        with _index_errors(self.source):
+            index = self.source.current()
+            keep = _filter(index, classes, min_similarity)
+            queries = self.embed(images)
+            if keep is None:
+                found = index.search_items(queries, min(k, len(index)))
+            else:
+                found = [_filtered(index, q[None], k, keep, min_similarity) for q in queries]
         self.thumbnails.remember(index, [m for matches in found for m in matches])
         names = index.meta.get("classes")
         return [[_neighbour(rank, m, names) for rank, m in enumerate(f, 1)] for f in found]
 
     def thumbnail(self, item_id: str) -> bytes:
         """The PNG thumbnail of the item with row ``item_id`` (see :mod:`.thumbnails`)."""
-        return self.thumbnails.thumbnail(self.source.current(), item_id)
+        with _index_errors(self.source):
+            return self.thumbnails.thumbnail(self.source.current(), item_id)
+
+    def size(self) -> int:
+        """The number of items searches see now (for ``/health``)."""
+        with _index_errors(self.source):
+            return len(self.source.current())
 
     # ------------------------------------------------------------------ about
 
@@ -118,7 +131,8 @@ class SearchService:
         """The model, the index, the batching counters and the limits, for ``GET /info``."""
         from rankedlist import __version__
 
-        index = self.source.current()
+        with _index_errors(self.source):
+            index = self.source.current()
         meta = self.index_model.meta
         classes = index.meta.get("classes")
         return {
@@ -131,7 +145,8 @@ class SearchService:
                 "image_size": self.index_model.image_size,
             },
             "index": {
-                "name": os.path.basename(self.source.name.rstrip("/")),
+                **self.source.location,
+                "name": _index_name(self.source),
                 "size": len(index),
                 "method": index.method,
                 "dim": int(getattr(index, "dim", 0)) or None,
@@ -148,8 +163,29 @@ class SearchService:
         }
 
     def close(self) -> None:
-        """Stop the batcher's worker."""
+        """Stop the batcher's worker; close a Milvus connection (a Milvus Lite file is then
+        free for another process)."""
         self.batcher.close()
+        self.source.close()
+
+
+def _index_name(source: IndexSource) -> str:
+    where = source.location
+    if where.get("backend") == "milvus":
+        return where["collection"]
+    return os.path.basename(source.name.rstrip("/"))
+
+
+@contextlib.contextmanager
+def _index_errors(source: IndexSource) -> Iterator[None]:
+    """A server that went away, or a collection gone for a moment (a rebuild), as
+    :class:`IndexUnavailable` (503) rather than a crash; a folder index reads no server."""
+    try:
+        yield
+    except (ConnectionError, FileNotFoundError) as err:
+        if not source.shared:
+            raise
+        raise IndexUnavailable(f"{source.name} cannot be searched now: {err}") from None
 
 
 def _filter(
@@ -212,8 +248,10 @@ def _neighbour(rank: int, match: Any, names: Sequence[str] | None) -> dict[str, 
 
 
 def open_search_service(
-    index: str | os.PathLike,
+    index: str | os.PathLike | None = None,
     *,
+    uri: str | None = None,
+    collection: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     model_file: str | os.PathLike | None = None,
     device: str = "auto",
@@ -222,23 +260,36 @@ def open_search_service(
     window_s: float = 0.005,
     max_batch: int = 32,
 ) -> SearchService:
-    """Open the index folder ``index`` and its model (the given ``checkpoint`` or ONNX
-    ``model_file``, else the one the index records), checked against each other."""
+    """Open the index folder ``index``, or the Milvus ``collection`` at ``uri``, and its
+    model (the given ``checkpoint`` or exported ``model_file``: ONNX, ``.pt2`` or
+    TorchScript; else the one the index records), checked against each other."""
     from rankedlist.retrieval.index_models import check_index_model, model_for_index
-    from rankedlist.serve.index_source import folder_index_source
+    from rankedlist.serve.index_source import folder_index_source, milvus_index_source
     from rankedlist.training.checkpoint_model import resolve_device
 
-    source = folder_index_source(index)
+    if (index is None) == (uri is None):
+        raise ValueError("pass either an index folder (--index) or a Milvus --uri")
+    if uri is not None:
+        from rankedlist.retrieval.milvus_connection import DEFAULT_COLLECTION
+
+        source = milvus_index_source(uri, collection or DEFAULT_COLLECTION)
+    else:
+        source = folder_index_source(index)
+    name = source.name
     opened = model_for_index(
-        source.current(), checkpoint, model_file, device, index, allow_other_model
+        source.current(), checkpoint, model_file, device, name, allow_other_model
     )
     given = checkpoint is not None or model_file is not None
     fingerprint = opened.meta.get("model_fingerprint")
     paths = (opened.source, opened.meta.get("exported_from"))
 
     def same_model(new: Any) -> None:
-        check_index_model(new, fingerprint, paths, opened.option, index, given, allow_other_model)
+        check_index_model(new, fingerprint, paths, opened.option, name, given, allow_other_model)
 
     source.accept = same_model
-    dev = "cpu" if opened.option == "--model" else str(resolve_device(device))
+    if hasattr(opened.model, "session"):
+        dev = "cpu"  # onnxruntime runs on the CPU
+    else:
+        dev = str(resolve_device(device))
+        opened.model.to(dev)  # a checkpoint's module, or a .pt2 / TorchScript export
     return SearchService(opened, source, dev, limits, window_s, max_batch)

@@ -1,8 +1,9 @@
 """``rankedlist serve``'s work: check everything, open the service, run uvicorn.
 
-:func:`serve` checks the options and that the address is free, then opens the index and its
-model (so a bad index, model or port is one line before any server starts) and runs uvicorn on
-``127.0.0.1`` unless another host is asked for. With ``workers`` above 1 uvicorn starts that
+:func:`serve` checks the options and that the address is free, then opens the index (a folder,
+or with ``--backend milvus`` a Milvus collection) and its model (so a bad index, model, Milvus
+server or port is one line before any server starts) and runs uvicorn on ``127.0.0.1`` unless
+another host is asked for. With ``workers`` above 1 uvicorn starts that
 many processes; each opens the index and the model itself (:func:`app_from_environment`, the
 options passed in :data:`OPTIONS_VARIABLE`) and batches its own requests.
 """
@@ -31,7 +32,10 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class ServeOptions:
     """The command line's options (``--x-y`` is ``x_y``)."""
 
-    index: str
+    index: str | None = None
+    backend: str = "faiss"
+    uri: str | None = None
+    collection: str | None = None
     checkpoint: str | None = None
     model: str | None = None
     host: str = "127.0.0.1"
@@ -59,7 +63,28 @@ class ServeOptions:
         )
 
     def check(self) -> None:
-        """Raise ValueError naming the option for a value out of range."""
+        """Raise ValueError naming the option for a value out of range, or for options that
+        do not go together (``--index`` with ``--backend milvus``, ``--uri`` without it)."""
+        from rankedlist.retrieval.milvus_actions import check_backend_options
+
+        check_backend_options(self.backend, self.index, "--index", self.uri, self.collection)
+        if self.backend == "milvus":
+            from rankedlist.retrieval.milvus_connection import (
+                check_collection_name,
+                check_uri,
+                is_lite,
+            )
+
+            check_uri(self.uri)
+            if self.collection is not None:
+                check_collection_name(self.collection)
+            if self.workers > 1 and is_lite(self.uri):
+                raise ValueError(
+                    f"--workers {self.workers} with the Milvus Lite file {self.uri}: Milvus Lite "
+                    "serves one process at a time; pass --workers 1, or serve the database "
+                    f"through a Milvus server (`milvus-lite server --data-dir {self.uri}`, then "
+                    "--uri http://HOST:19530)"
+                )
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be between 1 and 65535, got {self.port}")
         if self.workers < 1:
@@ -84,6 +109,8 @@ def open_service(options: ServeOptions) -> Any:
 
     return open_search_service(
         options.index,
+        uri=options.uri,
+        collection=options.collection,
         checkpoint=options.checkpoint,
         model_file=options.model,
         device=options.device,
@@ -143,7 +170,8 @@ def serve(options: ServeOptions) -> int:
         )
     info = service.info()
     print(
-        f"serving {options.index} ({info['index']['size']} items, {info['index']['method']}) "
+        f"serving {service.source.name} ({info['index']['size']} items, "
+        f"{info['index']['method']}) "
         f"with {info['model']['file']} ({info['model']['runtime']}) at {where}/ "
         f"(API docs {where}/docs); Ctrl-C stops",
         flush=True,

@@ -66,7 +66,10 @@ class ThumbnailCache:
 
     def _path(self, index: Any, row: int) -> Path:
         if hasattr(index, "item_path"):
-            return Path(index.item_path(row))
+            try:
+                return Path(index.item_path(row))
+            except IndexError:  # a row the collection no longer holds
+                raise ItemNotFound(f"no item {row} in this index") from None
         with self._lock:
             path = self._answered.get(row) if self._answered_by == id(index) else None
         if path is None:
