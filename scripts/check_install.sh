@@ -37,7 +37,8 @@ mkdir "$work/elsewhere" && cd "$work/elsewhere"
 
 version="$("$bin/python" -c 'import rankedlist; print(rankedlist.__version__)')"
 [[ "$("$bin/rankedlist" --version)" == "rankedlist $version" ]] || fail "--version"
-"$bin/rankedlist" recipes | grep -q "^glyphs " || fail "recipes does not list glyphs"
+recipes="$("$bin/rankedlist" recipes)" || fail "rankedlist recipes"
+grep -q "^glyphs " <<<"$recipes" || fail "recipes does not list glyphs"
 "$bin/python" - <<'EOF' || fail "the package was imported from the repository, not the install"
 import pathlib, rankedlist
 assert "site-packages" in pathlib.Path(rankedlist.__file__).parts, rankedlist.__file__

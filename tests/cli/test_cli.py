@@ -192,6 +192,21 @@ def test_option_values_with_an_equals_sign_stay_values(tmp_path, monkeypatch):
     assert args.overrides == ["optim.lr=1"]
 
 
+def test_a_reader_that_leaves_early_is_not_an_error():
+    # `rankedlist recipes | head -1`: the pipe is closed before the command writes.
+    from conftest import child_environment
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankedlist", "recipes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_environment(),
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == ""
+
+
 def test_shipped_recipes_are_found_from_any_folder(tmp_path, monkeypatch, capsys):
     from rankedlist.training.config import load_config
     from rankedlist.training.recipes import find_recipe, list_recipes, shipped_recipes_dir

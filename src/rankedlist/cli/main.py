@@ -12,6 +12,7 @@ Exit codes: 0 success (or a run stopped by ``--stop-after``); 1 the loss became 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -90,7 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    return report_errors(args.command, COMMANDS[args.command].run, args)
+    try:
+        return report_errors(args.command, COMMANDS[args.command].run, args)
+    except BrokenPipeError:
+        # The reader of our output left (`rankedlist recipes | head -1`): not an error. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --------------------------------------------------------------------------- overrides
