@@ -20,7 +20,10 @@ EXTRAS = {
         "ONNX export (`rankedlist export`) and ONNX models in `index build --model`",
     ),
     "tune": ("optuna", "hyper-parameter search (`rankedlist tune`)"),
-    "serve": ("fastapi, uvicorn and python-multipart", "the search service (`rankedlist serve`)"),
+    "serve": (
+        "fastapi, uvicorn, python-multipart and fastapi-swagger",
+        "the search service (`rankedlist serve`)",
+    ),
     "milvus": (
         "pymilvus and milvus-lite",
         "Milvus indexes (`rankedlist index ... --backend milvus`)",

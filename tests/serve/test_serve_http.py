@@ -265,6 +265,22 @@ def test_the_page_searches_an_uploaded_image_in_chromium(served, tmp_path):
         sims = [float(h.find_element(By.CLASS_NAME, "sim").text) for h in hits]
         driver.save_screenshot(str(tmp_path / "page.png"))
         errors = console_errors(driver)
+        # The API docs render from this server alone (no CDN): every route is listed.
+        driver.get(server.url + "/docs")
+        WebDriverWait(driver, 30).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")) >= 5
+        )
+        paths = {
+            e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+        }
+        errors += console_errors(driver)
+        assert all(
+            r.startswith(server.url)
+            for r in driver.execute_script(
+                "return performance.getEntriesByType('resource').map(e => e.name)"
+            )
+        )
+    assert {"/search", "/embed", "/health", "/info"} <= {p.replace("\u200b", "") for p in paths}
     status, body = server.post("/search", [(query.name, query.read_bytes())], [("k", "6")])
     expected = body["results"][0]["neighbors"]
     assert shown == [n["class"] for n in expected]

@@ -2,7 +2,9 @@
 
 ``POST /search`` and ``POST /embed`` take one or more image files in the multipart field
 ``images``; ``GET /health``, ``GET /info``, ``GET /items/{item_id}/thumbnail``, the search page
-at ``/`` and FastAPI's OpenAPI schema (``/openapi.json``, ``/docs``). Every refusal is a 4xx
+at ``/`` and the OpenAPI schema (``/openapi.json``) with its Swagger UI at ``/docs``, served from
+the installed ``fastapi-swagger`` rather than FastAPI's default CDN, so it works where the
+server has no internet (its users' browsers may not either). Every refusal is a 4xx
 whose JSON ``detail`` is one line: a bad upload, a request over the limits (the body is
 counted before FastAPI parses it), a malformed form, an unknown item; an index that cannot be
 searched now (a Milvus server gone, a collection rebuilt with another model) is a 503 saying
@@ -13,6 +15,7 @@ why.
 # UploadFile is imported inside the function that declares them (fastapi is an extra).
 from typing import Annotated, Any
 
+from rankedlist.extras import require
 from rankedlist.serve.index_source import IndexUnavailable
 from rankedlist.serve.search_service import SearchService
 from rankedlist.serve.thumbnails import ItemNotFound
@@ -29,19 +32,33 @@ _API_DESCRIPTION = (
 
 def create_app(service: SearchService) -> Any:
     """The ASGI application: the FastAPI app behind :class:`RequestBodyLimit`."""
-    from rankedlist.extras import require
-
     require("fastapi", "serve", "rankedlist serve")
     require("python_multipart", "serve", "image uploads to rankedlist serve")
     from fastapi import FastAPI
 
     from rankedlist import __version__
 
-    app = FastAPI(title="rankedlist search", version=__version__, description=_API_DESCRIPTION)
+    app = FastAPI(
+        title="rankedlist search",
+        version=__version__,
+        description=_API_DESCRIPTION,
+        docs_url=None,  # our own /docs below: FastAPI's loads Swagger UI from a CDN
+        redoc_url=None,
+    )
     app.state.service = service
     _add_error_handlers(app)
     _add_routes(app, service)
+    _add_api_docs(app)
     return RequestBodyLimit(app, service.limits.max_request_bytes)
+
+
+def _add_api_docs(app: Any) -> None:
+    """``/docs``: Swagger UI for ``/openapi.json``, its script and style served by this server
+    (``fastapi-swagger`` ships them; Swagger UI 5, which reads FastAPI's OpenAPI 3.1)."""
+    require("fastapi_swagger", "serve", "the API docs page of rankedlist serve")
+    from fastapi_swagger import patch_fastapi
+
+    patch_fastapi(app, redirect_from_root_to_docs=False, title=f"{app.title}: API")
 
 
 def _one_line(text: Any) -> str:
