@@ -59,6 +59,7 @@ ALLOWED = {
 TRAINING_ORDER = [
     "recipes", "loader_workers", "distributed", "global_batch_loss", "loss_factory",
     "config_schema", "config", "checkpoint", "checkpoint_convert", "health",
+    "input_normalisation",
     "amp", "optim", "recipe_data", "batch_feed",
     "run_folder", "resume_config", "run_log", "step", "evaluation_pass", "run", "checkpoint_model",
     "signals",

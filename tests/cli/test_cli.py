@@ -194,13 +194,12 @@ def test_option_values_with_an_equals_sign_stay_values(tmp_path, monkeypatch):
 
 def test_a_reader_that_leaves_early_is_not_an_error():
     # `rankedlist recipes | head -1`: the pipe is closed before the command writes.
-    from conftest import child_environment
-
+    src = str(Path(__file__).resolve().parents[2] / "src")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rankedlist", "recipes"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=child_environment(),
+        env={**os.environ, "PYTHONPATH": src},
     )
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -1,7 +1,7 @@
 """Input pipelines: the paper's BN-Inception protocol, the modern ImageNet one and the glyphs'.
 
-``build_transform(style, train, image_size=None)`` returns a ``torchvision.transforms.Compose``
-taking an RGB ``PIL.Image`` to a float tensor (3, S, S):
+``build_transform(style, train, image_size=None, mean=None, std=None)`` returns a
+``torchvision.transforms.Compose`` taking an RGB ``PIL.Image`` to a float tensor (3, S, S):
 
 * ``"bninception"`` (the CVPR 2019 Caffe code): crop to the non-white bounding box padded by 15 px,
   resize the long side to 256 and pad to 256 x 256 with white; train: random horizontal flip and
@@ -9,7 +9,9 @@ taking an RGB ``PIL.Image`` to a float tensor (3, S, S):
   (104, 117, 123), no std scaling. ``image_size`` is the crop side (default 227); the canvas
   scales with it (256/227).
 * ``"imagenet"``: train: RandomResizedCrop(224), horizontal flip; test: resize the short side to
-  256 and centre crop 224; ImageNet mean/std. ``image_size`` is the crop side (default 224).
+  256 and centre crop 224; then ``(x - mean) / std`` with the model's own ``mean``/``std`` (its
+  ``input_mean``/``input_std``: what its weights were trained with), ImageNet's when not given.
+  ``image_size`` is the crop side (default 224).
 * ``"glyphs"``: train: small random shifts (6 %), scale (0.9-1.1) and rotation (8 degrees),
   white fill; test: none. Then ToTensor and normalisation around 0.5 (``(x - 0.5) / 0.5``).
   ``image_size`` resizes when given (the glyphs are rendered at their own size).
@@ -17,7 +19,8 @@ taking an RGB ``PIL.Image`` to a float tensor (3, S, S):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ __all__ = [
     "ToBGR255MinusMean",
     "build_batch_augment",
     "build_transform",
+    "normalisation",
 ]
 
 BNINCEPTION_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -105,7 +109,13 @@ class ToBGR255MinusMean:
         return f"ToBGR255MinusMean(mean_bgr={self.mean_bgr})"
 
 
-def build_transform(style: str, train: bool, image_size: int | None = None) -> Callable:
+def build_transform(
+    style: str,
+    train: bool,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Callable:
     """The input pipeline ``style`` (``"bninception"``, ``"imagenet"`` or ``"glyphs"``).
 
     Args:
@@ -113,9 +123,19 @@ def build_transform(style: str, train: bool, image_size: int | None = None) -> C
         train: the training pipeline (random augmentation) or the deterministic test one.
         image_size: the network input side; ``None`` takes the style's default (227, 224, or the
             glyphs' own size).
+        mean, std: the ``imagenet`` style's per-channel (RGB, 0-1 scale) normalisation, the
+            model's ``input_mean``/``input_std``; ``None`` takes ImageNet's. The other styles
+            ignore them (see below).
+
+    Raises:
+        ValueError: an unknown style, or a mean/std that is not three finite numbers (std > 0).
     """
     from torchvision import transforms as T  # torchvision import is slow; only when building
 
+    # bninception (the paper's BGR 0-255 minus its mean) and glyphs ([-1, 1]) fix their own
+    # normalisation as part of the protocol, whatever the backbone: their models were always
+    # trained and evaluated with it, so a mean/std passed along from a model is ignored and the
+    # checkpoints of those styles keep their inputs.
     if style == "bninception":
         crop = image_size or 227
         canvas = round(crop * 256 / 227)
@@ -131,7 +151,8 @@ def build_transform(style: str, train: bool, image_size: int | None = None) -> C
             steps = [T.RandomResizedCrop(crop), T.RandomHorizontalFlip()]
         else:
             steps = [T.Resize(round(crop * 256 / 224)), T.CenterCrop(crop)]
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        mean, std = normalisation(mean, std)
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
     if style == "glyphs":
         if not train:
             return GlyphsToTensor(image_size)
@@ -139,6 +160,38 @@ def build_transform(style: str, train: bool, image_size: int | None = None) -> C
         steps.append(T.RandomAffine(**_GLYPH_AFFINE, fill=255))
         return T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
     raise ValueError(f"unknown transform style {style!r}; use one of {', '.join(STYLES)}")
+
+
+def normalisation(
+    mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The ``imagenet`` style's ``(mean, std)``: each given one checked, ImageNet's for a None.
+
+    Raises ValueError unless each is three finite numbers and every std is positive.
+    """
+    return _channels("mean", mean, IMAGENET_MEAN), _channels("std", std, IMAGENET_STD)
+
+
+def _channels(
+    what: str, values: Sequence[float] | None, default: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    if values is None:
+        return default
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise ValueError(
+            f"the input normalisation's {what} must be three finite numbers (R, G, B on the 0-1 "
+            f"scale), got {values!r}; check the model's input_{what}"
+        )
+    if what == "std" and min(out) <= 0:
+        raise ValueError(
+            f"the input normalisation's std must be positive, got {values!r}; check the "
+            "model's input_std"
+        )
+    return out  # type: ignore[return-value]
 
 
 # The glyphs' augmentation, shared by the per-image and the batched pipelines.

@@ -160,7 +160,13 @@ def export_checkpoint(
     model = loaded.model
     style = getattr(model, "input_style", None)
     dim = int(getattr(model, "fused_dim", 0)) or None
-    contract = input_contract(style, loaded.image_size, dim or 0)
+    contract = input_contract(
+        style,
+        loaded.image_size,
+        dim or 0,
+        mean=loaded.input_mean,  # what the checkpoint's weights learnt with
+        std=loaded.input_std,
+    )
     if dim is None:  # a model without fused_dim: ask it
         with torch.no_grad():
             dim = int(model.eval().embed(torch.from_numpy(random_inputs(contract, 2))).shape[1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,26 @@ _CENTER_CROP_RULE = (
 )
 
 
-def input_contract(style: str, image_size: int, embedding_dim: int) -> dict[str, Any]:
-    """The contract of ``build_transform(style, train=False, image_size)`` feeding a model with
-    ``embedding_dim`` outputs (its fused embedding size)."""
-    from rankedlist.data.transforms import BNINCEPTION_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
+def input_contract(
+    style: str,
+    image_size: int,
+    embedding_dim: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The contract of ``build_transform(style, train=False, image_size, mean, std)`` feeding a
+    model with ``embedding_dim`` outputs (its fused embedding size).
+
+    ``mean``/``std`` are the model's ``input_mean``/``input_std``: the ``imagenet`` style records
+    them (ImageNet's when None); ``bninception`` and ``glyphs`` record their own, as
+    ``build_transform`` uses.
+    """
+    from rankedlist.data.transforms import (
+        BNINCEPTION_MEAN_BGR,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        normalisation,
+    )
 
     size = int(image_size)
     if style == "bninception":
@@ -101,15 +118,19 @@ def input_contract(style: str, image_size: int, embedding_dim: int) -> dict[str,
             },
             {"op": "center_crop", "size": size, "rule": _CENTER_CROP_RULE},
         ]
+        rgb_mean, rgb_std = normalisation(mean, std)
         normalise = {
             "channel_order": "RGB",
             "scale": 1 / 255,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "mean": list(rgb_mean),
+            "std": list(rgb_std),
         }
+        whose = (
+            "ImageNet" if (rgb_mean, rgb_std) == (IMAGENET_MEAN, IMAGENET_STD) else "the model's"
+        )
         summary = (
-            f"short side to {short}, centre crop {size}; RGB, /255, ImageNet mean "
-            f"{tuple(IMAGENET_MEAN)} and std {tuple(IMAGENET_STD)}"
+            f"short side to {short}, centre crop {size}; RGB, /255, {whose} mean {rgb_mean} and "
+            f"std {rgb_std}"
         )
     elif style == "glyphs":
         steps = [

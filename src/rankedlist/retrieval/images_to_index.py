@@ -248,7 +248,15 @@ def search_images(
     else:
         net = model
         size = index.meta.get("image_size") or net.input_size
-        transform = build_transform(net.input_style, False, int(size))
+        # An exported model's contract records its normalisation; a module carries its own.
+        contract = getattr(net, "contract", None) or {}
+        transform = build_transform(
+            net.input_style,
+            False,
+            int(size),
+            mean=contract.get("mean", getattr(net, "input_mean", None)),
+            std=contract.get("std", getattr(net, "input_std", None)),
+        )
     if isinstance(query_paths, str | os.PathLike):
         query_paths = [query_paths]
     query_paths = list(query_paths)

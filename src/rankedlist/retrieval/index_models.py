@@ -104,7 +104,11 @@ def open_index_model(
     exported_from = (contract.get("model") or {}).get("checkpoint")
     if exported_from:
         meta["exported_from"] = exported_from
-    transform = build_transform(contract["transform_style"], False, size)
+    # The contract's recorded normalisation (a contract from before it followed the model
+    # records ImageNet's, what that model was fed), so the file's consumers all agree.
+    transform = build_transform(
+        contract["transform_style"], False, size, mean=contract["mean"], std=contract["std"]
+    )
     return IndexModel(exported, transform, size, path, "--model", meta)
 
 

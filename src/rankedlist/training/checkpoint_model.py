@@ -24,7 +24,9 @@ class CheckpointModel:
     """A trained model rebuilt from a checkpoint, with its test-time transform.
 
     ``config`` is the run's resolved config as a plain dict, ``image_size`` the side the
-    transform resizes to (``data.image_size`` of the run, else the model's ``input_size``).
+    transform resizes to (``data.image_size`` of the run, else the model's ``input_size``),
+    ``input_mean``/``input_std`` the ``imagenet`` pipeline's normalisation (RGB, 0-1 scale) the
+    weights learnt with (see :mod:`rankedlist.training.input_normalisation`).
     """
 
     model: nn.Module
@@ -33,6 +35,8 @@ class CheckpointModel:
     checkpoint: Path
     config: dict[str, Any] = field(default_factory=dict)
     iteration: int | None = None
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
@@ -62,6 +66,7 @@ def load_model_from_checkpoint(
     from rankedlist.data import build_transform
     from rankedlist.training.checkpoint import load_checkpoint
     from rankedlist.training.config import config_from_dict
+    from rankedlist.training.input_normalisation import checkpoint_normalisation
     from rankedlist.training.run import build_model
 
     path = resolve_checkpoint(checkpoint)
@@ -96,7 +101,10 @@ def load_model_from_checkpoint(
         ) from err
     model.to(resolve_device(device)).eval()
     image_size = int(config.data.image_size or model.input_size)
-    transform = build_transform(model.input_style, False, image_size)
+    # The normalisation its weights learnt with (ImageNet's for a checkpoint from before the
+    # imagenet pipeline followed the model's own).
+    mean, std = checkpoint_normalisation(state, str(path))
+    transform = build_transform(model.input_style, False, image_size, mean=mean, std=std)
     return CheckpointModel(
         model=model,
         transform=transform,
@@ -104,6 +112,8 @@ def load_model_from_checkpoint(
         checkpoint=path,
         config=config.to_dict(),
         iteration=state.get("iteration"),
+        input_mean=mean,
+        input_std=std,
     )
 
 

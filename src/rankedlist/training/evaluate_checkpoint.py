@@ -10,6 +10,7 @@ from rankedlist.training import distributed as dist_utils
 from rankedlist.training.checkpoint import load_checkpoint
 from rankedlist.training.config import config_from_dict
 from rankedlist.training.evaluation_pass import FUSED, QueryThenGallery, evaluate
+from rankedlist.training.input_normalisation import checkpoint_normalisation
 from rankedlist.training.recipe_data import (
     evaluation_split_names,
     get_split_dataset,
@@ -54,8 +55,9 @@ def evaluate_checkpoint(
         model.load_state_dict(state["model"])
         model = dist_utils.wrap_model(model, ctx)
         base = dist_utils.unwrap_model(model)
+        mean, std = checkpoint_normalisation(state, str(path))  # what its weights learnt with
         transform = build_transform(
-            base.input_style, False, config.data.image_size or base.input_size
+            base.input_style, False, config.data.image_size or base.input_size, mean=mean, std=std
         )
         query_split, gallery_split = evaluation_split_names(config, split)
         query = get_split_dataset(config, query_split, transform)

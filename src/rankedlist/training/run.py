@@ -26,6 +26,11 @@ from rankedlist.training.checkpoint import (
 from rankedlist.training.config import save_config
 from rankedlist.training.config_schema import Config
 from rankedlist.training.health import NonFiniteLossError
+from rankedlist.training.input_normalisation import (
+    NORMALISATION_KEY,
+    checkpoint_normalisation,
+    model_normalisation,
+)
 from rankedlist.training.loss_factory import build_loss
 from rankedlist.training.optim import build_optimizer, build_scheduler
 from rankedlist.training.recipe_data import get_split_dataset, record_skipped_images
@@ -60,6 +65,8 @@ class Run:
     saved_at: int | None = None  # iteration of the last full checkpoint written (or resumed)
     saved_path: Path | None = None  # and its file
     folder: RunFolder | None = None  # the run folder's lock, held until the run ends
+    # (mean, std) of the imagenet pipeline: the model's own, or a resumed checkpoint's
+    input_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -76,6 +83,11 @@ class Run:
             "world_size": self.ctx.world_size,
             "rankedlist_version": __version__,  # the code that made it
         }
+        if self.input_normalisation is not None and (
+            dist_utils.unwrap_model(self.model).input_style == "imagenet"
+        ):
+            mean, std = self.input_normalisation
+            state[NORMALISATION_KEY] = {"mean": list(mean), "std": list(std)}
         if weights_only:
             return state
         rng = [capture_rng_state()]
@@ -205,20 +217,34 @@ def build_losses(config: Config, model: nn.Module, num_classes: int, ctx) -> nn.
     ).to(ctx.device)
 
 
-def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretrained: bool) -> Run:
-    """Model, data, losses, optimiser, schedule and sampler (identical weights on every rank)."""
+def build_run(
+    config: Config,
+    ctx: dist_utils.DistributedContext,
+    load_pretrained: bool,
+    input_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> Run:
+    """Model, data, losses, optimiser, schedule and sampler (identical weights on every rank).
+
+    ``input_normalisation``: ``(mean, std)`` of an ``imagenet`` pipeline, a resumed checkpoint's
+    (:func:`~rankedlist.training.input_normalisation.checkpoint_normalisation`); None takes the
+    model's own."""
     from rankedlist.data import PKSampler, build_batch_augment, build_transform
 
     t = config.train
     _set_seed(t.seed)
     model = build_model(config, load_pretrained)
     image_size = config.data.image_size or model.input_size
-    eval_transform = build_transform(model.input_style, False, image_size)
+    # The model's own normalisation (its weights' input_mean/input_std) wherever it is fed.
+    mean, std = input_normalisation or model_normalisation(model)
+    norm = {"mean": mean, "std": std}
+    eval_transform = build_transform(model.input_style, False, image_size, **norm)
     # Where a style augments whole batches on tensors (glyphs), the images come in as the test
     # pipeline makes them and the loader augments each batch; else per image, as usual.
     batch_augment = build_batch_augment(model.input_style, train=True)
     train_transform = (
-        eval_transform if batch_augment else build_transform(model.input_style, True, image_size)
+        eval_transform
+        if batch_augment
+        else build_transform(model.input_style, True, image_size, **norm)
     )
     # Skipped unreadable images are the run's to report (its log, skipped_images.txt).
     train_set = get_split_dataset(config, "train", train_transform, quiet_skips=True)
@@ -250,6 +276,7 @@ def build_run(config: Config, ctx: dist_utils.DistributedContext, load_pretraine
         train_set=train_set, val_set=val_set, eval_transform=eval_transform,
         batch_augment=batch_augment,
         best={"metric": t.select_metric, "value": None, "iteration": None},
+        input_normalisation=(mean, std),
     )  # fmt: skip
 
 
@@ -271,7 +298,9 @@ def start_run(
     folder = RunFolder.claim(config.train.run_dir, ctx, resume, overwrite)
     try:
         checkpoint, changes = _resume_checkpoint(config, ctx, resume, allow_config_change)
-        run = build_run(config, ctx, load_pretrained=checkpoint is None)
+        # A resumed run keeps feeding the normalisation its checkpoint's weights learnt with.
+        norm = None if checkpoint is None else checkpoint_normalisation(checkpoint, str(resume))
+        run = build_run(config, ctx, checkpoint is None, input_normalisation=norm)
         resume = folder.make_ready()
     except BaseException:
         folder.release()
