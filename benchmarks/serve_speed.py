@@ -230,7 +230,9 @@ def page_picture(port: int, query: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per level"
+    )
     parser.add_argument(
         "--requests", type=int, default=200, help="requests per level (all clients)"
     )
