@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pymilvus
 import pytest
+from _milvus_server import milvus_server_process
 from _retrieval_helpers import MODEL_SECTION, make_image_folder, write_checkpoint
 
 from rankedlist.cli.index import add_parser as add_index_parser
@@ -287,26 +288,8 @@ def test_add_killed_halfway_shows_nothing_and_its_rerun_adds_once(setup, tmp_pat
 @pytest.fixture
 def milvus_server(tmp_path, child_env):
     """A real Milvus server process (milvus-lite's gRPC server) on a free local port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "server"),
-         "--host", "127.0.0.1", "--port", str(port)],  # fmt: skip
-        env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, "the Milvus server exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "the Milvus server did not start"
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
+    with milvus_server_process(tmp_path / "server", child_env()) as (uri, _):
+        yield uri
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _milvus_server import milvus_server_process
 from _serve_helpers import REPO, glyph_checkpoint, running_server
 
 from rankedlist.serve.index_source import IndexSource, IndexUnavailable, public_uri
@@ -238,31 +239,9 @@ def test_another_model_is_refused_before_serving(lite, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def milvus_server(tmp_path_factory, child_env):
     """A real Milvus server process (milvus-lite's gRPC server) on a free local port."""
-    port = _free_port()
     data = tmp_path_factory.mktemp("milvus-server")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data), "--host",
-         "127.0.0.1", "--port", str(port)],
-        env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "the Milvus server exited"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Milvus server did not start"
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with milvus_server_process(data, child_env()) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
