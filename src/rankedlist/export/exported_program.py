@@ -19,9 +19,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from rankedlist.export.input_contract import embedded_contract
 from rankedlist.export.torch_embedding_model import (
     TorchEmbeddingModel,
-    extra_contract,
     weights_fingerprint,
 )
 
@@ -68,7 +68,12 @@ def load_exported_program(path: str | os.PathLike) -> TorchEmbeddingModel:
             f"{path} cannot be loaded by torch.export.load ({reason[:200]}): it is damaged or "
             f"was written by an incompatible PyTorch {torch.__version__}; {_EXPORT_HINT}"
         ) from err
-    contract = extra_contract(path, extra[CONTRACT_EXTRA_FILE], _EXPORT_HINT)
+    contract = embedded_contract(
+        path,
+        extra[CONTRACT_EXTRA_FILE],
+        inside=f"the extra file {CONTRACT_EXTRA_FILE}",
+        hint=_EXPORT_HINT,
+    )
     _check_signature(path, program, int(contract["image_size"]))
     fingerprint = weights_fingerprint(extra[FINGERPRINT_EXTRA_FILE], program.state_dict)
     loaded = {"program": program}

@@ -196,6 +196,33 @@ def read_sidecar(model_path: str | os.PathLike) -> dict[str, Any] | None:
     return contract
 
 
+def embedded_contract(
+    path: str | os.PathLike, text: str | bytes, *, inside: str, hint: str
+) -> dict[str, Any]:
+    """The contract an exported file carries (``text``, its JSON, empty when it has none), else
+    its ``FILE.json`` sidecar; ``inside`` names where in the file it is kept (an ONNX metadata
+    key, an extra file of a ``.pt2`` or TorchScript archive), for the messages. Raises
+    ValueError, naming ``path`` and ``hint``, when neither has one or it is damaged."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if text:
+        try:
+            contract = json.loads(text)
+        except ValueError as err:
+            raise ValueError(
+                f"{path} has a damaged input contract in {inside} ({err}); {hint}"
+            ) from err
+        return check_contract(contract, f"{path} ({inside})")
+    contract = read_sidecar(path)
+    if contract is None:
+        raise ValueError(
+            f"{path} carries no rankedlist input contract (no {inside} and no "
+            f"{sidecar_path(path).name} beside it), so how to prepare its images is unknown; "
+            f"{hint}"
+        )
+    return contract
+
+
 def check_contract(contract: Any, where: str) -> dict[str, Any]:
     """``contract`` if it is a rankedlist input contract this version understands."""
     if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT:

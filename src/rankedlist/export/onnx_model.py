@@ -11,7 +11,6 @@ where the checkpoint path embeds with PyTorch, through the same test-time transf
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -19,12 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rankedlist.export.input_contract import (
-    METADATA_KEY,
-    check_contract,
-    read_sidecar,
-    sidecar_path,
-)
+from rankedlist.export.input_contract import METADATA_KEY, embedded_contract
 
 __all__ = ["OnnxEmbeddingModel", "load_onnx_model"]
 
@@ -136,7 +130,12 @@ def load_onnx_model(path: str | os.PathLike) -> OnnxEmbeddingModel:
             f"[N, D] of embeddings; {_EXPORT_HINT}"
         )
     metadata = session.get_modelmeta().custom_metadata_map
-    contract = _contract(path, metadata)
+    contract = embedded_contract(
+        path,
+        metadata.get(METADATA_KEY, ""),
+        inside=f"the metadata {METADATA_KEY!r}",
+        hint=_EXPORT_HINT,
+    )
     size = int(contract["image_size"])
     height, width = inputs[0].shape[2], inputs[0].shape[3]
     fixed = [s for s in (height, width) if isinstance(s, int)]
@@ -160,23 +159,3 @@ def _fingerprint(path: Path, metadata: dict[str, str]) -> str:
     if re.fullmatch(f"[0-9a-f]{{{FINGERPRINT_LENGTH}}}", written):
         return written
     return file_fingerprint(path)  # exported before fingerprints, or by another tool
-
-
-def _contract(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    """The contract in the model's metadata, else in its sidecar."""
-    if METADATA_KEY in metadata:
-        try:
-            contract = json.loads(metadata[METADATA_KEY])
-        except ValueError as err:
-            raise ValueError(
-                f"{path} has a damaged input contract in its metadata ({err}); {_EXPORT_HINT}"
-            ) from err
-        return check_contract(contract, f"{path} metadata {METADATA_KEY}")
-    contract = read_sidecar(path)
-    if contract is None:
-        raise ValueError(
-            f"{path} carries no rankedlist input contract (no {METADATA_KEY!r} metadata and no "
-            f"{sidecar_path(path).name} beside it), so how to prepare its images is unknown; "
-            f"{_EXPORT_HINT}"
-        )
-    return contract

@@ -4,12 +4,12 @@
 
 The loaders are :func:`rankedlist.export.exported_program.load_exported_program` and
 :func:`rankedlist.export.torchscript_model.load_torchscript_model`; both read the contract and
-the fingerprint the same way (:func:`extra_contract`, :func:`weights_fingerprint`).
+the fingerprint the same way (the contract with
+:func:`~rankedlist.export.input_contract.embedded_contract`, :func:`weights_fingerprint`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rankedlist.export.input_contract import check_contract, read_sidecar, sidecar_path
-
-__all__ = ["TorchEmbeddingModel", "extra_contract", "weights_fingerprint"]
+__all__ = ["TorchEmbeddingModel", "weights_fingerprint"]
 
 
 class TorchEmbeddingModel:
@@ -91,32 +89,6 @@ class TorchEmbeddingModel:
         return out if as_torch else out.cpu().numpy()
 
     __call__ = embed
-
-
-def extra_contract(path: Path, text: str | bytes, hint: str) -> dict[str, Any]:
-    """The contract in the file's extra file ``text`` (empty when there is none), else in its
-    ``FILE.json`` sidecar; raises ValueError (naming ``path`` and ``hint``) when neither has
-    one or it is damaged."""
-    from rankedlist.export.exporters import CONTRACT_EXTRA_FILE
-
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    if text:
-        try:
-            contract = json.loads(text)
-        except ValueError as err:
-            raise ValueError(
-                f"{path} has a damaged input contract in {CONTRACT_EXTRA_FILE} ({err}); {hint}"
-            ) from err
-        return check_contract(contract, f"{path} ({CONTRACT_EXTRA_FILE})")
-    contract = read_sidecar(path)
-    if contract is None:
-        raise ValueError(
-            f"{path} carries no rankedlist input contract (no {CONTRACT_EXTRA_FILE} inside and no "
-            f"{sidecar_path(path).name} beside it), so how to prepare its images is unknown; "
-            f"{hint}"
-        )
-    return contract
 
 
 def weights_fingerprint(recorded: str | bytes, state: Mapping[str, Any]) -> str:

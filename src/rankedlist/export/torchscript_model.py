@@ -14,9 +14,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from rankedlist.export.input_contract import embedded_contract
 from rankedlist.export.torch_embedding_model import (
     TorchEmbeddingModel,
-    extra_contract,
     weights_fingerprint,
 )
 
@@ -68,7 +68,12 @@ def load_torchscript_model(path: str | os.PathLike) -> TorchEmbeddingModel:
             f"{path} cannot be loaded by torch.jit.load ({reason[:200]}); {_EXPORT_HINT}"
         ) from err
     module.eval()
-    contract = extra_contract(path, extra[CONTRACT_EXTRA_FILE], _EXPORT_HINT)
+    contract = embedded_contract(
+        path,
+        extra[CONTRACT_EXTRA_FILE],
+        inside=f"the extra file {CONTRACT_EXTRA_FILE}",
+        hint=_EXPORT_HINT,
+    )
     fingerprint = weights_fingerprint(extra[FINGERPRINT_EXTRA_FILE], module.state_dict())
 
     def move(device: Any) -> Any:
