@@ -28,6 +28,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "add` by another process is picked up between requests. Needs pip install "
         "'rankedlist[serve]'.",
     )
+    _add_index_options(serve)
+    _add_model_options(serve)
+    _add_server_options(serve)
+    _add_limit_options(serve)
+    return serve
+
+
+def _add_index_options(serve: argparse.ArgumentParser) -> None:
+    """What is served: an index folder or a Milvus collection."""
     serve.add_argument(
         "--index", help="the index folder to serve (read-only); required with --backend faiss"
     )
@@ -47,6 +56,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument(
         "--collection", help="--backend milvus: the collection to serve; default rankedlist"
     )
+
+
+def _add_model_options(serve: argparse.ArgumentParser) -> None:
+    """The model that embeds the queries, and whether it must be the index's."""
     model = serve.add_mutually_exclusive_group()
     model.add_argument(
         "--model",
@@ -59,6 +72,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a run's .pt file or run folder that embeds the queries with PyTorch (default: the "
         "model the index was built with)",
     )
+    serve.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="serve with a model whose weights are not the index's (its similarities to the "
+        "indexed items mean nothing; for debugging only)",
+    )
+
+
+def _add_server_options(serve: argparse.ArgumentParser) -> None:
+    """Where and how the server runs."""
     serve.add_argument(
         "--host",
         default="127.0.0.1",
@@ -77,6 +100,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="auto",
         help="where a checkpoint or a .pt2 / TorchScript export runs: auto, cpu, cuda, cuda:N",
     )
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's log level (default warning; info logs every request)",
+    )
+
+
+def _add_limit_options(serve: argparse.ArgumentParser) -> None:
+    """Batching, and the limits every request is held to."""
     serve.add_argument(
         "--batch-window-ms",
         type=float,
@@ -112,19 +145,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-k", type=int, default=100, help="the most neighbours one query may ask (100)"
     )
-    serve.add_argument(
-        "--allow-other-model",
-        action="store_true",
-        help="serve with a model whose weights are not the index's (its similarities to the "
-        "indexed items mean nothing; for debugging only)",
-    )
-    serve.add_argument(
-        "--log-level",
-        default="warning",
-        choices=("critical", "error", "warning", "info", "debug"),
-        help="uvicorn's log level (default warning; info logs every request)",
-    )
-    return serve
 
 
 def run(args: argparse.Namespace) -> int:
