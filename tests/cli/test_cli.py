@@ -238,16 +238,27 @@ def test_version_is_printed_and_recorded(tmp_path, capsys):
 
 def test_a_missing_extra_is_one_error_line_naming_it(monkeypatch, capsys, tmp_path):
     import builtins
+    import importlib
 
-    real_import = builtins.__import__
+    real_import, real_import_module = builtins.__import__, importlib.import_module
+
+    def missing(name):
+        return ModuleNotFoundError(f"No module named {name!r}", name="pytorch_metric_learning")
 
     def no_pml(name, *args, **kwargs):
         if name.startswith("pytorch_metric_learning"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name="pytorch_metric_learning")
+            raise missing(name)
         return real_import(name, *args, **kwargs)
 
+    def no_pml_module(name, *args, **kwargs):
+        # import_module returns the submodule itself (__import__ the top package): other names
+        # go to the real one, or torch's lazy imports (triton's backends) break
+        if name.startswith("pytorch_metric_learning"):
+            raise missing(name)
+        return real_import_module(name, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "__import__", no_pml)
-    monkeypatch.setattr("importlib.import_module", lambda name: no_pml(name))
+    monkeypatch.setattr("importlib.import_module", no_pml_module)
     code = main(["train", "--config", "glyphs_contrastive", f"train.run_dir={tmp_path / 'r'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
